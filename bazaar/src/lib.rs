@@ -1,0 +1,1 @@
+//! The `bazaar` launcher: local clusters of the service binaries.

@@ -1,0 +1,31 @@
+use catalog::{Cli, Command};
+use clap::Parser;
+use common::config::Config;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    common::telemetry::init(cli.log.log_format);
+    if let Err(e) = real_main(cli).await {
+        eprintln!("catalog: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config)?;
+    if let Some(Command::Dump) = cli.command {
+        let mut out = std::io::stdout().lock();
+        for row in catalog::dump(&config).await? {
+            use std::io::Write;
+            writeln!(out, "{}", serde_json::to_string(&row)?)?;
+        }
+        return Ok(());
+    }
+    let listener = common::http::bind("catalog", &config.catalog.host, config.catalog.port).await?;
+    let state = catalog::open(&config).await?;
+    tracing::info!(addr = %listener.local_addr()?, "catalog listening");
+    catalog::run(listener, state, common::http::shutdown_signal()).await?;
+    tracing::info!("catalog stopped; database flushed");
+    Ok(())
+}

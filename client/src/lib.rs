@@ -1,0 +1,1 @@
+//! The load-generating, self-verifying client (CONTRACT.md §4).

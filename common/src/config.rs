@@ -1,0 +1,333 @@
+//! `config.yaml` (CONTRACT.md §2): loading, `BAZAAR_<SECTION>__<KEY>`
+//! environment overrides, path resolution and validation.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::{Mapping, Value};
+
+/// Default `--config`: `config.yaml` in the working directory (the repo root).
+pub const DEFAULT_CONFIG_PATH: &str = "config.yaml";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "BAZAAR_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub catalog: CatalogConfig,
+    pub frontend: FrontendConfig,
+    pub orders: Vec<OrderConfig>,
+    /// Shared secret for internal endpoints; `None` leaves them open (loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub host: String,
+    pub port: u16,
+    pub db_path: PathBuf,
+    pub stocks: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendConfig {
+    pub host: String,
+    pub port: u16,
+    pub cache_size: usize,
+    pub health_check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OrderConfig {
+    pub id: u32,
+    pub host: String,
+    pub port: u16,
+    pub db_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Largest accepted `cache_size`; the cache holds whole stock entries.
+const MAX_CACHE_SIZE: usize = 1_000_000;
+/// Health checks faster than this would flood the replicas; slower than the
+/// upper bound would leave a dead leader unnoticed for too long.
+const HEALTH_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
+/// Replica ids are small positive numbers.
+const MAX_REPLICAS: usize = 16;
+
+impl Config {
+    /// Reads, overrides from the process environment, resolves and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path, std::env::vars())
+    }
+
+    /// Parses `text` as if read from `path`, applying overrides from `env`.
+    pub fn from_yaml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        overrides.sort();
+        for (key, raw) in overrides {
+            apply_override(&mut value, &key, &raw).map_err(invalid)?;
+        }
+        let mut config: Config =
+            serde_yaml_ng::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.resolve_paths(&base);
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.catalog.db_path);
+        resolve(&mut self.catalog.stocks);
+        for o in &mut self.orders {
+            resolve(&mut o.db_path);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.orders.is_empty() {
+            return Err("`orders` must list at least one replica".into());
+        }
+        if self.orders.len() > MAX_REPLICAS {
+            return Err(format!(
+                "at most {MAX_REPLICAS} order replicas are supported"
+            ));
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut check_addr = |what: String, host: &str, port: u16| -> Result<(), String> {
+            if port == 0 {
+                return Err(format!(
+                    "{what}: port 0 is not allowed (peers must know the port)"
+                ));
+            }
+            if host.trim().is_empty() {
+                return Err(format!("{what}: host must not be empty"));
+            }
+            if !addrs.insert((host.to_string(), port)) {
+                return Err(format!("{what}: {host}:{port} is used twice"));
+            }
+            Ok(())
+        };
+        check_addr("catalog".into(), &self.catalog.host, self.catalog.port)?;
+        check_addr("frontend".into(), &self.frontend.host, self.frontend.port)?;
+        for o in &self.orders {
+            if o.id == 0 {
+                return Err("order replica ids start at 1".into());
+            }
+            if !ids.insert(o.id) {
+                return Err(format!("order replica id {} appears twice", o.id));
+            }
+            check_addr(format!("order replica {}", o.id), &o.host, o.port)?;
+        }
+        if self.frontend.cache_size > MAX_CACHE_SIZE {
+            return Err(format!(
+                "frontend.cache_size must be at most {MAX_CACHE_SIZE}"
+            ));
+        }
+        if !HEALTH_INTERVAL_RANGE_MS.contains(&self.frontend.health_check_interval_ms) {
+            return Err(format!(
+                "frontend.health_check_interval_ms must be in {}..={}",
+                HEALTH_INTERVAL_RANGE_MS.start(),
+                HEALTH_INTERVAL_RANGE_MS.end()
+            ));
+        }
+        if let Some(t) = &self.token
+            && (t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err("token must be at least 16 visible ASCII characters".into());
+        }
+        Ok(())
+    }
+
+    pub fn order(&self, id: u32) -> Option<&OrderConfig> {
+        self.orders.iter().find(|o| o.id == id)
+    }
+
+    /// `http://host:port` of the catalog.
+    pub fn catalog_url(&self) -> String {
+        base_url(&self.catalog.host, self.catalog.port)
+    }
+    pub fn frontend_url(&self) -> String {
+        base_url(&self.frontend.host, self.frontend.port)
+    }
+}
+
+impl OrderConfig {
+    pub fn url(&self) -> String {
+        base_url(&self.host, self.port)
+    }
+}
+
+pub fn base_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+/// The address to bind for `host:port`: resolves names like `localhost`, and
+/// names of other hosts in a container network.
+pub async fn bind_addr(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    let mut addrs = tokio::net::lookup_host((host, port)).await?;
+    addrs
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{host} resolves to no address")))
+}
+
+/// Applies `BAZAAR_SECTION__KEY=value` (or `BAZAAR_ORDERS__<ID>__KEY=value`,
+/// or `BAZAAR_TOKEN__=value` is not needed: top-level scalars use `BAZAAR_TOKEN`).
+fn apply_override(root: &mut Value, var: &str, raw: &str) -> Result<(), String> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let scalar: Value = match serde_yaml_ng::from_str::<Value>(raw) {
+        Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::String(_))) => v,
+        _ => Value::String(raw.to_string()),
+    };
+    let Value::Mapping(top) = root else {
+        return Err("the config must be a mapping".into());
+    };
+    match path.as_slice() {
+        [section, key] if section != "orders" => {
+            let sec = top
+                .get_mut(section.as_str())
+                .and_then(Value::as_mapping_mut)
+                .ok_or_else(|| format!("{var}: there is no section `{section}`"))?;
+            set_existing(sec, key, scalar, var)
+        }
+        [orders, id, key] if orders == "orders" => {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| format!("{var}: `{id}` is not a replica id"))?;
+            let list = top
+                .get_mut("orders")
+                .and_then(Value::as_sequence_mut)
+                .ok_or_else(|| format!("{var}: there is no `orders` list"))?;
+            let entry = list
+                .iter_mut()
+                .filter_map(Value::as_mapping_mut)
+                .find(|m| m.get("id").and_then(Value::as_u64) == Some(id))
+                .ok_or_else(|| format!("{var}: there is no order replica with id {id}"))?;
+            set_existing(entry, key, scalar, var)
+        }
+        _ => Err(format!(
+            "{var}: overrides are BAZAAR_<SECTION>__<KEY> or BAZAAR_ORDERS__<ID>__<KEY>"
+        )),
+    }
+}
+
+fn set_existing(map: &mut Mapping, key: &str, value: Value, var: &str) -> Result<(), String> {
+    match map.get_mut(key) {
+        Some(slot) if !slot.is_mapping() && !slot.is_sequence() => {
+            *slot = value;
+            Ok(())
+        }
+        Some(_) => Err(format!("{var}: `{key}` is not a scalar")),
+        None => Err(format!("{var}: unknown key `{key}`")),
+    }
+}
+
+/// Reads the cluster token: `BAZAAR_TOKEN` wins over the config file.
+pub fn cluster_token(config: &Config) -> Option<String> {
+    std::env::var("BAZAAR_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| config.token.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../config.yaml");
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_yaml(text, Path::new("/repo/config.yaml"), env)
+    }
+
+    #[test]
+    fn shipped_config_parses_and_resolves_paths() {
+        let c = parse(SHIPPED, &[]).unwrap();
+        assert_eq!(c.catalog.port, 8087);
+        assert_eq!(c.frontend.cache_size, 5);
+        assert_eq!(c.orders.len(), 3);
+        assert_eq!(c.catalog.db_path, PathBuf::from("/repo/data/db/catalog"));
+        assert_eq!(c.order(2).unwrap().port, 16007);
+    }
+
+    #[test]
+    fn env_overrides_scalars() {
+        let c = parse(
+            SHIPPED,
+            &[
+                ("BAZAAR_FRONTEND__CACHE_SIZE", "0"),
+                ("BAZAAR_ORDERS__3__PORT", "17000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.frontend.cache_size, 0);
+        assert_eq!(c.order(3).unwrap().port, 17000);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse(SHIPPED, &[("BAZAAR_FRONTEND__CACHE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown key `cache`"), "{e}");
+        let e = parse(&SHIPPED.replace("cache_size", "cache_sise"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache_sise"), "{e}");
+        let e = parse(&SHIPPED.replace("id: 2", "id: 1"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("id 1 appears twice"), "{e}");
+        let e = parse(&SHIPPED.replace("16008", "70000"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("70000"), "{e}");
+        let e = parse("catalog: [", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("invalid config"), "{e}");
+    }
+}

@@ -1,0 +1,133 @@
+//! The public REST API (CONTRACT.md §3) and the catalog's invalidation hook.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::ApiError;
+use common::http::JsonBody;
+use common::types::{
+    Data, Health, IDEMPOTENCY_HEADER, Order, Stock, TradeCommand, TradeReceipt, TradeRequest,
+};
+
+use crate::cache::StockCache;
+use crate::leader::Leaders;
+
+/// Timeout of a lookup at the catalog.
+pub const CATALOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cache: Arc<StockCache>,
+    pub leaders: Arc<Leaders>,
+    pub catalog: reqwest::Client,
+    pub catalog_url: Arc<str>,
+    pub token: Option<Arc<str>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let internal = Router::new().route("/invalidation/{name}", post(invalidation));
+    let internal = common::http::require_token(internal, state.token.clone());
+    Router::new()
+        .route("/health", get(health))
+        .route("/stocks/{name}", get(lookup))
+        .route("/orders", post(trade))
+        .route("/orders/{number}", get(order))
+        .merge(internal)
+        .with_state(state)
+}
+
+async fn health(State(s): State<AppState>) -> Json<Health> {
+    let leader = s.leaders.current();
+    Json(Health {
+        service: "frontend".into(),
+        id: leader.as_ref().map(|l| l.id),
+        role: "up".into(),
+        epoch: leader.map_or(0, |l| l.epoch),
+        highest: None,
+    })
+}
+
+async fn lookup(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Data<Stock>>, ApiError> {
+    common::types::validate_stock_name(&name).map_err(ApiError::bad_request)?;
+    if let Some(stock) = s.cache.get(&name) {
+        return Ok(Json(Data::new(stock)));
+    }
+    let generation = s.cache.generation();
+    let resp = s
+        .catalog
+        .get(format!("{}/stocks/{name}", s.catalog_url))
+        .send()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("catalog unreachable: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.bytes().await.unwrap_or_default();
+        let err = ApiError::from_remote(status, &body);
+        // Only the caller's mistakes pass through; the catalog's own trouble is ours to report.
+        return Err(if status.is_client_error() {
+            err
+        } else {
+            ApiError::unavailable(format!("catalog failed: {}", err.message))
+        });
+    }
+    let data: Data<Stock> = resp
+        .json()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("bad catalog answer: {e}")))?;
+    s.cache.insert_if_current(data.data.clone(), generation);
+    Ok(Json(data))
+}
+
+async fn trade(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<TradeRequest>,
+) -> Result<Json<Data<TradeReceipt>>, ApiError> {
+    req.validate().map_err(ApiError::bad_request)?;
+    let key = match headers.get(IDEMPOTENCY_HEADER) {
+        None => format!("g:{:032x}", rand::random::<u128>()),
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            common::types::validate_idempotency_key(k).map_err(ApiError::bad_request)?;
+            format!("c:{k}")
+        }
+    };
+    let cmd = TradeCommand {
+        name: req.name,
+        kind: req.kind,
+        quantity: req.quantity,
+        key,
+    };
+    let result = s.leaders.trade(&cmd).await;
+    // Whatever happened, the catalog may have changed: read-your-writes.
+    s.cache.invalidate(&cmd.name);
+    Ok(Json(Data::new(result?)))
+}
+
+async fn order(
+    State(s): State<AppState>,
+    Path(number): Path<String>,
+) -> Result<Json<Data<Order>>, ApiError> {
+    let n: u64 = number.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "order number must be an integer in 0..=2^64-1, got {number:?}"
+        ))
+    })?;
+    Ok(Json(Data::new(s.leaders.order(n).await?)))
+}
+
+async fn invalidation(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Json<Data<&'static str>> {
+    s.cache.invalidate(&name);
+    Json(Data::new("invalidated"))
+}

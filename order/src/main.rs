@@ -1,0 +1,44 @@
+use std::io::Write;
+
+use clap::Parser;
+use common::config::Config;
+use order::{Cli, Command};
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    common::telemetry::init(cli.log.log_format);
+    if let Err(e) = real_main(cli).await {
+        eprintln!("order: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config)?;
+    if let Some(Command::Dump { id }) = cli.command {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        order::dump(&config, id, |o| {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(o).map_err(std::io::Error::other)?
+            )
+        })
+        .await?;
+        out.flush()?;
+        return Ok(());
+    }
+    let id = cli.id.ok_or_else(|| {
+        anyhow::anyhow!("--id is required (one of the ids under `orders` in the config)")
+    })?;
+    let me = config
+        .order(id)
+        .ok_or_else(|| anyhow::anyhow!("no replica with id {id} in {}", cli.config.display()))?;
+    let listener = common::http::bind(&format!("order replica {id}"), &me.host, me.port).await?;
+    let state = order::open(&config, id)?;
+    tracing::info!(id, addr = %listener.local_addr()?, highest = ?state.node.log.highest(), resume = cli.resume, "order replica starting");
+    order::run(listener, state, common::http::shutdown_signal()).await?;
+    tracing::info!(id, "order replica stopped; database flushed");
+    Ok(())
+}
