@@ -1,1 +1,4 @@
-//! The `bazaar` launcher: local clusters of the service binaries.
+//! The `bazaar` launcher: local clusters of the service binaries, and the
+//! commands built on them.
+
+pub mod cluster;

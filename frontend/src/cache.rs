@@ -6,11 +6,14 @@
 //! slot for new entries — not the LRU the design calls for, and its order
 //! cannot be shown. The `lru` crate gives exact LRU and its order.
 //!
-//! Staleness: every invalidation bumps a generation counter; a lookup that
-//! read the catalog inserts its answer only if no invalidation happened
-//! since it started, so a trade acknowledged meanwhile can never be hidden
-//! behind an older quantity.
+//! Staleness: every invalidation bumps a generation counter and is
+//! remembered with its name; a lookup that read the catalog inserts its
+//! answer only if its stock was not invalidated since the lookup started, so
+//! a trade acknowledged meanwhile can never be hidden behind an older
+//! quantity. When the memory of recent invalidations does not reach back
+//! far enough, the insert is skipped (safe, only a lost cache fill).
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +29,26 @@ pub struct CacheStats {
     pub invalidations: AtomicU64,
 }
 
+/// Invalidations remembered for racing lookups; a lookup slower than this
+/// many invalidations does not fill the cache.
+const RECENT_INVALIDATIONS: usize = 1024;
+
 struct Inner {
     lru: LruCache<String, Stock>,
     generation: u64,
+    /// (generation, name) of the latest invalidations, oldest first.
+    recent: VecDeque<(u64, String)>,
+}
+
+impl Inner {
+    /// Was `name` invalidated after generation `seen` (or can we not tell)?
+    fn invalidated_since(&self, name: &str, seen: u64) -> bool {
+        if self.generation == seen {
+            return false;
+        }
+        let remembered_from = self.recent.front().map_or(u64::MAX, |(g, _)| *g);
+        remembered_from > seen + 1 || self.recent.iter().any(|(g, n)| *g > seen && n == name)
+    }
 }
 
 pub struct StockCache {
@@ -42,6 +62,7 @@ impl StockCache {
             Mutex::new(Inner {
                 lru: LruCache::new(c),
                 generation: 0,
+                recent: VecDeque::new(),
             })
         });
         StockCache {
@@ -74,11 +95,11 @@ impl StockCache {
         self.lock().map_or(0, |g| g.generation)
     }
 
-    /// Inserts unless an invalidation happened since `generation`; evicts the
-    /// least recently used entry when full. Returns the evicted name.
+    /// Inserts unless the stock was invalidated since `generation`; evicts
+    /// the least recently used entry when full. Returns the evicted name.
     pub fn insert_if_current(&self, stock: Stock, generation: u64) -> Option<String> {
         let mut g = self.lock()?;
-        if g.generation != generation {
+        if g.invalidated_since(&stock.name, generation) {
             return None;
         }
         let name = stock.name.clone();
@@ -96,6 +117,11 @@ impl StockCache {
     pub fn invalidate(&self, name: &str) {
         if let Some(mut g) = self.lock() {
             g.generation += 1;
+            let generation = g.generation;
+            g.recent.push_back((generation, name.to_string()));
+            if g.recent.len() > RECENT_INVALIDATIONS {
+                g.recent.pop_front();
+            }
             g.lru.pop(name);
             self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         }
@@ -146,6 +172,20 @@ mod tests {
         let before = c.generation();
         c.invalidate("A");
         assert_eq!(c.insert_if_current(stock("A", 100), before), None);
+        assert!(c.get("A").is_none());
+        // Another stock's invalidation does not block this one.
+        assert_eq!(c.insert_if_current(stock("B", 100), before), None);
+        assert!(c.get("B").is_some());
+    }
+
+    #[test]
+    fn a_lookup_older_than_the_remembered_invalidations_does_not_fill() {
+        let c = StockCache::new(5);
+        let before = c.generation();
+        for i in 0..=RECENT_INVALIDATIONS {
+            c.invalidate(&format!("X{i}"));
+        }
+        c.insert_if_current(stock("A", 1), before);
         assert!(c.get("A").is_none());
     }
 
