@@ -2,3 +2,6 @@
 //! commands built on them.
 
 pub mod cluster;
+pub mod control;
+pub mod status;
+pub mod up;

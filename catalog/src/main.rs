@@ -6,7 +6,9 @@ use common::config::Config;
 async fn main() {
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
-    if let Err(e) = real_main(cli).await {
+    if let Err(e) = real_main(cli).await
+        && !common::telemetry::is_broken_pipe(&e)
+    {
         eprintln!("catalog: {e:#}");
         std::process::exit(1);
     }

@@ -284,10 +284,10 @@ pub async fn shutdown_signal() {
 pub async fn bind(what: &str, host: &str, port: u16) -> anyhow::Result<TcpListener> {
     let addr = crate::config::bind_addr(host, port)
         .await
-        .map_err(|e| anyhow::anyhow!("{what}: cannot resolve {host}:{port}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot resolve {host}:{port} for the {what}: {e}"))?;
     TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("{what}: cannot listen on {addr}: {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({e}); is another {what} running?"))
 }
 
 #[cfg(test)]

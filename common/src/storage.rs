@@ -7,8 +7,8 @@ use std::path::Path;
 pub enum OpenError {
     #[error("the database at {path} is locked by another process ({who} is running?)")]
     Locked { path: String, who: &'static str },
-    #[error("cannot open the database at {path}: {source}")]
-    Open { path: String, source: sled::Error },
+    #[error("cannot open the database at {path}: {cause}")]
+    Open { path: String, cause: sled::Error },
 }
 
 /// Opens (creating if needed) the sled directory of service `who`.
@@ -21,7 +21,7 @@ pub fn open_db(path: &Path, who: &'static str) -> Result<sled::Db, OpenError> {
         }
         _ => OpenError::Open {
             path: shown,
-            source: e,
+            cause: e,
         },
     })
 }

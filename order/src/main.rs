@@ -8,7 +8,9 @@ use order::{Cli, Command};
 async fn main() {
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
-    if let Err(e) = real_main(cli).await {
+    if let Err(e) = real_main(cli).await
+        && !common::telemetry::is_broken_pipe(&e)
+    {
         eprintln!("order: {e:#}");
         std::process::exit(1);
     }

@@ -1,0 +1,83 @@
+//! `bazaar status`: asks every service of a config for its health and shows
+//! who is up, who leads, and how far each replica is. Works for any cluster
+//! of the config, however it was started.
+
+use std::time::Duration;
+
+use common::config::Config;
+use common::types::Health;
+use serde::Serialize;
+
+/// A service slower than this to answer is shown as down.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub url: String,
+    pub up: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+pub async fn collect(config: &Config) -> Vec<ServiceStatus> {
+    let client = common::http::internal_client(PROBE_TIMEOUT, None);
+    let mut targets = vec![("catalog".to_string(), config.catalog_url())];
+    targets.extend(
+        config
+            .orders
+            .iter()
+            .map(|o| (format!("order-{}", o.id), o.url())),
+    );
+    targets.push(("frontend".into(), config.frontend_url()));
+    let probes = targets.into_iter().map(|(service, url)| {
+        let client = client.clone();
+        async move {
+            let health = async {
+                client
+                    .get(format!("{url}/health"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json::<Health>()
+                    .await
+                    .ok()
+            }
+            .await;
+            ServiceStatus {
+                service,
+                url,
+                up: health.is_some(),
+                health,
+            }
+        }
+    });
+    futures_util::future::join_all(probes).await
+}
+
+pub fn print_table(rows: &[ServiceStatus]) {
+    println!(
+        "{:<10} {:<24} {:<5} {:<12} {:>6} {:>8}",
+        "SERVICE", "ADDRESS", "STATE", "ROLE", "EPOCH", "HIGHEST"
+    );
+    for r in rows {
+        let (role, epoch, highest) = match &r.health {
+            None => ("-".to_string(), "-".to_string(), "-".to_string()),
+            Some(h) if h.service == "frontend" => (
+                h.id.map_or("no leader".into(), |id| format!("leader={id}")),
+                h.epoch.to_string(),
+                "-".into(),
+            ),
+            Some(h) => (
+                h.role.clone(),
+                h.epoch.to_string(),
+                h.highest.map_or("none".into(), |n| n.to_string()),
+            ),
+        };
+        let state = if r.up { "up" } else { "down" };
+        println!(
+            "{:<10} {:<24} {:<5} {:<12} {:>6} {:>8}",
+            r.service, r.url, state, role, epoch, highest
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! `bazaar up`: the whole cluster as child processes of this one, stopped
+//! cleanly on Ctrl-C, controllable from another terminal.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::cluster::{Cluster, Service};
+use crate::control::{self, Action, Request};
+
+/// Where `bazaar up` keeps logs and its control socket for a config file.
+pub fn dirs(config_path: &Path) -> (PathBuf, PathBuf) {
+    let base = config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    (base.join("data/logs"), base.join("data/run"))
+}
+
+pub async fn up(config_path: &Path) -> anyhow::Result<()> {
+    let (log_dir, run_dir) = dirs(config_path);
+    std::fs::create_dir_all(&run_dir)?;
+    let mut cluster = Cluster::new(config_path, &log_dir)?;
+    let (tx, mut rx) = mpsc::channel(16);
+    let socket = control::socket_path(&run_dir);
+    control::listen(&socket, tx)?;
+    println!(
+        "starting the cluster of {} (logs in {})",
+        config_path.display(),
+        log_dir.display()
+    );
+    if let Err(e) = cluster.start_all().await {
+        let _ = cluster.stop_all().await;
+        let _ = std::fs::remove_file(&socket);
+        return Err(e.context("the cluster did not start"));
+    }
+    print_table(&cluster);
+    println!();
+    println!("Try:  client --n-request 200 --prob 0.5          (from target/release)");
+    println!("      bazaar status | bazaar kill order --id 3 | bazaar resume order --id 3");
+    println!("Stop everything with Ctrl-C.");
+
+    let mut shutdown = std::pin::pin!(common::http::shutdown_signal());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut reported: HashSet<Service> = HashSet::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(req) = rx.recv() => {
+                if req.action == Action::Resume || req.action == Action::Continue {
+                    reported.remove(&req.service);
+                }
+                handle(&mut cluster, req).await;
+            }
+            _ = tick.tick() => {
+                for s in cluster.services() {
+                    if cluster.pid(s).is_some() && !cluster.is_running(s) && reported.insert(s) {
+                        println!("{s} exited; bring it back with `bazaar resume {s}`");
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping the cluster ...");
+    let result = cluster.stop_all().await;
+    let _ = std::fs::remove_file(&socket);
+    result?;
+    println!("stopped; every database was flushed");
+    Ok(())
+}
+
+async fn handle(cluster: &mut Cluster, req: Request) {
+    let s = req.service;
+    if !cluster.services().contains(&s) {
+        let _ = req.reply.send(Err(format!("this cluster has no {s}")));
+        return;
+    }
+    let result = match req.action {
+        Action::Kill => cluster.kill(s).map(|()| format!("{s} killed (SIGKILL)")),
+        Action::Stop => cluster
+            .stop(s)
+            .await
+            .map(|()| format!("{s} stopped (SIGTERM)")),
+        Action::Pause => cluster.pause(s).map(|()| format!("{s} paused (SIGSTOP)")),
+        Action::Continue => cluster
+            .resume(s)
+            .map(|()| format!("{s} continued (SIGCONT)")),
+        Action::Resume => {
+            if cluster.is_running(s) {
+                Err(anyhow::anyhow!("{s} is running already"))
+            } else {
+                match cluster.start_and_wait(s).await {
+                    Ok(()) => Ok(format!("{s} is back (pid {})", cluster.pid(s).unwrap_or(0))),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    };
+    let answer = result.map_err(|e| format!("{e:#}"));
+    match &answer {
+        Ok(msg) => println!("{msg}"),
+        Err(msg) => println!("{} {s} failed: {msg}", req.action.word()),
+    }
+    let _ = req.reply.send(answer);
+}
+
+fn print_table(cluster: &Cluster) {
+    println!("{:<10} {:>7}  {:<24} LOG", "SERVICE", "PID", "LISTENS ON");
+    for s in cluster.services() {
+        println!(
+            "{:<10} {:>7}  {:<24} {}",
+            s.to_string(),
+            cluster.pid(s).map_or("-".into(), |p| p.to_string()),
+            cluster.url(s),
+            cluster.log_path(s).display()
+        );
+    }
+}
