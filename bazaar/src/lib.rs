@@ -3,5 +3,7 @@
 
 pub mod cluster;
 pub mod control;
+pub mod eval;
 pub mod status;
 pub mod up;
+pub mod verify;

@@ -39,6 +39,121 @@ enum Cmd {
     Pause(Target),
     /// Unfreeze a paused service (SIGCONT).
     Continue(Target),
+    /// Measure latency vs trade probability with the cache on and off (CSV
+    /// and SVG plots), or with --failover, kill replicas while clients run.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EvalArgs {
+    /// Trade probabilities to measure.
+    #[arg(long, value_delimiter = ',', default_value = "0,0.2,0.4,0.6,0.8")]
+    probs: Vec<f64>,
+    /// Iterations per client session in each cell.
+    #[arg(long, default_value_t = 1000)]
+    n_request: u64,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 5)]
+    clients: usize,
+    /// Seed of the clients' choices (and of the failover schedule).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Cache size when the cache is on.
+    #[arg(long, default_value_t = 5)]
+    cache_size: usize,
+    /// Directory for eval.csv, latency.svg and cache.svg.
+    #[arg(long, default_value = "docs/eval")]
+    out: PathBuf,
+    /// Kill a random replica every few seconds instead of the latency grid.
+    #[arg(long)]
+    failover: bool,
+    /// Failover mode: how long the clients run, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    duration_s: f64,
+    /// Failover mode: seconds between kills.
+    #[arg(long, default_value_t = 3.0)]
+    kill_every_s: f64,
+    /// Failover mode: seconds a killed replica stays down.
+    #[arg(long, default_value_t = 1.0)]
+    down_for_s: f64,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(
+        s.is_finite() && (0.0..=86_400.0).contains(&s),
+        "{what} must be in 0..=86400 seconds, got {s}"
+    );
+    Ok(std::time::Duration::from_secs_f64(s))
+}
+
+async fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    if args.failover {
+        let report = bazaar::eval::failover(&bazaar::eval::FailoverOptions {
+            duration: seconds("--duration-s", args.duration_s)?,
+            kill_every: seconds("--kill-every-s", args.kill_every_s)?,
+            down_for: seconds("--down-for-s", args.down_for_s)?,
+            clients: args.clients,
+            prob: 0.5,
+            seed: args.seed,
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "kills: {} ({} of the leader); trades acknowledged: {}; failed requests: {}",
+                report.kills,
+                report.leader_kills,
+                report.trades_acknowledged,
+                report.failed_requests
+            );
+            println!(
+                "failover (longest trade around a leader kill): p50 {:.1} ms, max {:.1} ms; trade p50 {:.2} ms p99 {:.2} ms",
+                report.failover_p50_ms,
+                report.failover_max_ms,
+                report.trade_p50_ms,
+                report.trade_p99_ms
+            );
+            println!(
+                "replicas identical: {}; violations: {:?}",
+                report.replicas_identical, report.verdict.violations
+            );
+            for e in &report.verdict.examples {
+                println!("  {e}");
+            }
+        }
+        anyhow::ensure!(
+            report.verdict.violations.total() == 0,
+            "the run broke a guarantee (see above)"
+        );
+        return Ok(());
+    }
+    for &p in &args.probs {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&p),
+            "--probs must be in 0..=1, got {p}"
+        );
+    }
+    let rows = bazaar::eval::run(&bazaar::eval::EvalOptions {
+        probs: args.probs.clone(),
+        n_request: args.n_request,
+        clients: args.clients,
+        seed: args.seed,
+        cache_size: args.cache_size,
+        out: args.out.clone(),
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    eprintln!(
+        "wrote {0}/eval.csv, {0}/latency.svg and {0}/cache.svg",
+        args.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,13 +189,21 @@ async fn main() {
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let (action, target) = match &cli.command {
         Cmd::Up => return bazaar::up::up(&cli.config).await,
+        Cmd::Eval(args) => return eval(args).await,
         Cmd::Status { json } => {
             let config = Config::load(&cli.config)?;
-            let rows = bazaar::status::collect(&config).await;
+            let (rows, view) = tokio::join!(
+                bazaar::status::collect(&config),
+                bazaar::status::frontend_view(&config)
+            );
             if *json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                let out = serde_json::json!({"services": rows, "frontend": view});
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 bazaar::status::print_table(&rows);
+                if let Some(view) = &view {
+                    bazaar::status::print_frontend_view(view);
+                }
             }
             return Ok(());
         }

@@ -5,20 +5,10 @@
 use std::time::Duration;
 
 use common::config::Config;
-use common::types::Health;
-use serde::Serialize;
+use common::types::{ClusterStatus, Health, ServiceStatus};
 
 /// A service slower than this to answer is shown as down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
-
-#[derive(Debug, Serialize)]
-pub struct ServiceStatus {
-    pub service: String,
-    pub url: String,
-    pub up: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<Health>,
-}
 
 pub async fn collect(config: &Config) -> Vec<ServiceStatus> {
     let client = common::http::internal_client(PROBE_TIMEOUT, None);
@@ -80,4 +70,51 @@ pub fn print_table(rows: &[ServiceStatus]) {
             r.service, r.url, state, role, epoch, highest
         );
     }
+}
+
+/// The front-end's view (`GET /status`): leader history and cache contents.
+pub async fn frontend_view(config: &Config) -> Option<ClusterStatus> {
+    let client = common::http::internal_client(PROBE_TIMEOUT, None);
+    client
+        .get(format!("{}/status", config.frontend_url()))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+pub fn print_frontend_view(view: &ClusterStatus) {
+    let c = &view.cache;
+    println!();
+    println!(
+        "cache ({}/{} entries, most recent first): {}",
+        c.entries.len(),
+        c.capacity,
+        if c.entries.is_empty() {
+            "-".to_string()
+        } else {
+            c.entries.join(" ")
+        }
+    );
+    println!(
+        "cache counters: {} hits, {} misses, {} evictions, {} invalidations",
+        c.hits, c.misses, c.evictions, c.invalidations
+    );
+    let changes: Vec<String> = view
+        .leader_changes
+        .iter()
+        .rev()
+        .take(5)
+        .map(|ch| match ch.id {
+            Some(id) => format!("order-{id} (epoch {})", ch.epoch),
+            None => "none".into(),
+        })
+        .collect();
+    println!(
+        "leader selections: {}; latest leaders, newest first: {}",
+        view.selections,
+        changes.join(", ")
+    );
 }

@@ -58,6 +58,8 @@ pub struct RunConfig {
     pub retry_for: Duration,
     /// Draw a progress bar on stderr (only when stdout is a terminal).
     pub progress: bool,
+    /// Stop every session after this long, even before `n_request`.
+    pub duration: Option<Duration>,
 }
 
 impl RunConfig {
@@ -73,6 +75,7 @@ impl RunConfig {
             attempt_timeout: Duration::from_secs(10),
             retry_for: Duration::from_secs(30),
             progress: false,
+            duration: None,
         }
     }
 
@@ -131,6 +134,24 @@ pub struct AckedTrade {
     pub quantity: u64,
 }
 
+/// A trade whose outcome stayed unknown: it may or may not be an order.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnknownTrade {
+    pub key: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: TradeKind,
+    pub quantity: u64,
+}
+
+/// When a trade started (since the run began) and how it ended.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TradeSample {
+    pub start_ms: f64,
+    pub latency_ms: f64,
+    pub acknowledged: bool,
+}
+
 /// The result of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -152,8 +173,15 @@ pub struct Report {
     pub trades_acknowledged: u64,
     /// Human descriptions of the first mismatches (at most 20).
     pub mismatch_examples: Vec<String>,
+    /// Every acknowledged trade, by number.
     #[serde(skip)]
     pub trades: Vec<AckedTrade>,
+    /// Trades that got no final answer within the retry window.
+    #[serde(skip)]
+    pub unknown: Vec<UnknownTrade>,
+    /// Every trade's start and latency, in start order.
+    #[serde(skip)]
+    pub timeline: Vec<TradeSample>,
 }
 
 impl Report {
@@ -391,6 +419,8 @@ struct SessionResult {
     lookup: Recorder,
     trade: Recorder,
     trades: Vec<AckedTrade>,
+    unknown: Vec<UnknownTrade>,
+    timeline: Vec<TradeSample>,
 }
 
 async fn session(
@@ -399,14 +429,21 @@ async fn session(
     run_id: u64,
     index: usize,
     progress: indicatif::ProgressBar,
+    epoch: Instant,
 ) -> SessionResult {
     let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(index as u64));
     let mut result = SessionResult {
         lookup: Recorder::new(),
         trade: Recorder::new(),
         trades: Vec::new(),
+        unknown: Vec::new(),
+        timeline: Vec::new(),
     };
+    let deadline = config.duration.map(|d| epoch + d);
     for i in 0..config.n_request {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let name = &config.stocks[rng.random_range(0..config.stocks.len())];
         let started = Instant::now();
         let (outcome, attempts) = api.lookup(name).await;
@@ -432,6 +469,11 @@ async fn session(
             let key = format!("{run_id:016x}-{index}-{i}");
             let started = Instant::now();
             let (outcome, attempts) = api.trade(&request, &key).await;
+            result.timeline.push(TradeSample {
+                start_ms: started.duration_since(epoch).as_secs_f64() * 1000.0,
+                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                acknowledged: matches!(outcome, Outcome::Ok(_)),
+            });
             let class = match outcome {
                 Outcome::Ok(receipt) => {
                     result.trades.push(AckedTrade {
@@ -444,7 +486,16 @@ async fn session(
                     Class::Ok
                 }
                 Outcome::Rejected(409, _) => Class::Rejected,
-                Outcome::Rejected(..) | Outcome::Failed(_) => Class::Error,
+                Outcome::Rejected(..) => Class::Error,
+                Outcome::Failed(_) => {
+                    result.unknown.push(UnknownTrade {
+                        key,
+                        name: request.name,
+                        kind: request.kind,
+                        quantity: request.quantity,
+                    });
+                    Class::Error
+                }
             };
             result.trade.record(class, started, attempts);
         }
@@ -456,7 +507,7 @@ async fn session(
 /// Reads back every acknowledged trade; returns the query figures, the
 /// mismatches (with examples) and the trades that could not be read.
 async fn verify(
-    api: &Api,
+    api: &Arc<Api>,
     trades: &[AckedTrade],
     concurrency: usize,
 ) -> (Recorder, u64, u64, Vec<String>) {
@@ -485,10 +536,14 @@ async fn verify(
         }
     }
 
-    let mut answers = futures_util::stream::iter(trades.iter().map(|trade| async move {
-        let started = Instant::now();
-        let (outcome, attempts) = api.query(trade.number).await;
-        (trade, outcome, started, attempts)
+    // Owned values in the futures keep them `Send` for `tokio::spawn`.
+    let mut answers = futures_util::stream::iter(trades.iter().cloned().map(|trade| {
+        let api = api.clone();
+        async move {
+            let started = Instant::now();
+            let (outcome, attempts) = api.query(trade.number).await;
+            (trade, outcome, started, attempts)
+        }
     }))
     .buffer_unordered(concurrency.max(1));
     while let Some((trade, outcome, started, attempts)) = answers.next().await {
@@ -591,18 +646,24 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
                 run_id,
                 index,
                 progress.clone(),
+                started,
             ))
         })
         .collect();
     let mut lookup = Recorder::new();
     let mut trade = Recorder::new();
     let mut trades = Vec::new();
+    let mut unknown = Vec::new();
+    let mut timeline = Vec::new();
     for handle in sessions {
         let result = handle.await?;
         lookup.merge(&result.lookup);
         trade.merge(&result.trade);
         trades.extend(result.trades);
+        unknown.extend(result.unknown);
+        timeline.extend(result.timeline);
     }
+    timeline.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
     let load_elapsed = started.elapsed();
     progress.finish_and_clear();
     trades.sort_by_key(|t| t.number);
@@ -626,6 +687,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         trades_acknowledged: trades.len() as u64,
         mismatch_examples,
         trades,
+        unknown,
+        timeline,
     })
 }
 

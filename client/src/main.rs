@@ -43,6 +43,9 @@ struct Cli {
     /// How long a request with an unknown outcome is retried, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     retry_for_ms: u64,
+    /// Stop after this many seconds even if N iterations are not done.
+    #[arg(long)]
+    duration_s: Option<f64>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -79,6 +82,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<bool> {
     config.attempt_timeout = Duration::from_millis(cli.timeout_ms.max(1));
     config.retry_for = Duration::from_millis(cli.retry_for_ms);
     config.progress = !cli.json;
+    if let Some(secs) = cli.duration_s {
+        anyhow::ensure!(
+            secs.is_finite() && secs > 0.0 && secs <= 86_400.0,
+            "--duration-s must be in (0, 86400], got {secs}"
+        );
+        config.duration = Some(Duration::from_secs_f64(secs));
+    }
     let report = client::run(config).await?;
     if cli.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -323,3 +323,53 @@ mod tests {
         );
     }
 }
+
+/// The front-end's `GET /status`: the whole cluster as it sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    pub leader: Option<LeaderInfo>,
+    /// Leader selections since the front-end started.
+    pub selections: u64,
+    /// The latest leader changes, oldest first.
+    pub leader_changes: Vec<LeaderChange>,
+    /// Catalog, then every replica (highest id first), then the front-end.
+    pub services: Vec<ServiceStatus>,
+    pub cache: CacheStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub id: u32,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaderChange {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `None` when no replica answered.
+    pub id: Option<u32>,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// `catalog`, `order-N` or `frontend`.
+    pub service: String,
+    pub url: String,
+    pub up: bool,
+    /// What its `/health` said, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub capacity: usize,
+    /// Cached stock names, most recently used first.
+    pub entries: Vec<String>,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub invalidations: u64,
+}

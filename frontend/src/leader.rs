@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::ApiError;
 use common::config::Config;
-use common::types::{Data, Health, LeaderNotice, Order, ROLE_HEADER, TradeCommand, TradeReceipt};
+use common::types::{
+    Data, Health, LeaderChange, LeaderNotice, Order, ROLE_HEADER, TradeCommand, TradeReceipt,
+};
 use futures_util::future::join_all;
 
 /// Time a health probe gets during a selection: a replica slower than this
@@ -31,6 +33,8 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// Pause before retrying a trade whose outcome the leader could not learn
 /// (e.g. the catalog did not answer).
 const UNKNOWN_OUTCOME_RETRY: Duration = Duration::from_millis(200);
+/// Leader changes kept for `/status`.
+const HISTORY: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Replica {
@@ -57,6 +61,8 @@ pub struct Leaders {
     forward: reqwest::Client,
     probe: reqwest::Client,
     current: RwLock<Option<Current>>,
+    /// The latest leader changes, oldest first (at most `HISTORY`).
+    history: std::sync::Mutex<std::collections::VecDeque<LeaderChange>>,
     select_lock: tokio::sync::Mutex<()>,
     pub stats: LeaderStats,
 }
@@ -86,6 +92,7 @@ impl Leaders {
             forward: common::http::internal_client(FORWARD_TIMEOUT, token),
             probe: common::http::internal_client(PROBE_TIMEOUT, token),
             current: RwLock::new(None),
+            history: std::sync::Mutex::new(std::collections::VecDeque::new()),
             select_lock: tokio::sync::Mutex::new(()),
             stats: LeaderStats::default(),
         }
@@ -99,7 +106,46 @@ impl Leaders {
     }
 
     fn set_current(&self, c: Option<Current>) {
-        *self.current.write().expect("leader lock is never poisoned") = c;
+        let change = LeaderChange {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            id: c.as_ref().map(|c| c.id),
+            epoch: c.as_ref().map_or(0, |c| c.epoch),
+        };
+        let mut current = self.current.write().expect("leader lock is never poisoned");
+        let changed =
+            current.as_ref().map(|c| (c.id, c.epoch)) != change.id.zip(Some(change.epoch));
+        *current = c;
+        drop(current);
+        if changed && let Ok(mut history) = self.history.lock() {
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(change);
+        }
+    }
+
+    /// The latest leader changes, oldest first.
+    pub fn history(&self) -> Vec<LeaderChange> {
+        self.history
+            .lock()
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every replica's id and URL, highest id first.
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    pub fn catalog_url(&self) -> &str {
+        &self.catalog_url
+    }
+
+    /// `/health` of any service, within the probe timeout.
+    pub async fn health_of(&self, url: &str) -> Option<Health> {
+        self.probe(url).await
     }
 
     async fn probe(&self, url: &str) -> Option<Health> {

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod leader;
 pub mod routes;
+pub mod status;
 
 use std::future::Future;
 use std::path::PathBuf;

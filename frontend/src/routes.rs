@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
     let internal = common::http::require_token(internal, state.token.clone());
     Router::new()
         .route("/health", get(health))
+        .route("/status", get(crate::status::status))
         .route("/stocks/{name}", get(lookup))
         .route("/orders", post(trade))
         .route("/orders/{number}", get(order))

@@ -1,0 +1,419 @@
+//! `bazaar eval`: the latency evaluation (trade probability × cache on/off,
+//! each on a fresh cluster), the cache-contents trace, and the failover
+//! mode that kills replicas while clients run. Writes CSV and SVG plots.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use client::{Report, RunConfig};
+use plotters::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::cluster::{Cluster, ScratchOptions, Service, write_scratch_config};
+use crate::verify;
+
+/// Options of a latency evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub probs: Vec<f64>,
+    pub n_request: u64,
+    pub clients: usize,
+    pub seed: u64,
+    pub cache_size: usize,
+    pub out: PathBuf,
+}
+
+/// One cell of the grid.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRow {
+    pub cache: bool,
+    pub prob: f64,
+    pub report: Report,
+}
+
+/// A throw-away cluster in a temporary directory (removed on drop).
+pub struct Scratch {
+    pub cluster: Cluster,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub async fn start(opts: &ScratchOptions) -> anyhow::Result<Scratch> {
+        let dir = tempfile::Builder::new().prefix("bazaar-").tempdir()?;
+        let config = write_scratch_config(dir.path(), opts)?;
+        let mut cluster = Cluster::new(&config, &dir.path().join("logs"))?;
+        cluster.start_all().await?;
+        Ok(Scratch { cluster, dir })
+    }
+
+    pub fn frontend_url(&self) -> String {
+        self.cluster.config.frontend_url()
+    }
+
+    /// Keeps the directory (data and logs) after the run; returns its path.
+    pub async fn keep(mut self) -> PathBuf {
+        let _ = self.cluster.stop_all().await;
+        let Scratch { cluster, dir } = self;
+        drop(cluster);
+        dir.keep()
+    }
+}
+
+/// Runs the grid, writes `eval.csv`, `latency.svg` and `cache.svg` under
+/// `opts.out`, and returns the rows.
+pub async fn run(opts: &EvalOptions) -> anyhow::Result<Vec<EvalRow>> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let mut rows = Vec::new();
+    for cache in [true, false] {
+        for &prob in &opts.probs {
+            let scratch = Scratch::start(&ScratchOptions {
+                cache_size: if cache { opts.cache_size } else { 0 },
+                ..ScratchOptions::default()
+            })
+            .await?;
+            let mut config = RunConfig::new(scratch.frontend_url());
+            config.n_request = opts.n_request;
+            config.prob = prob;
+            config.clients = opts.clients;
+            config.seed = opts.seed;
+            let report = client::run(config).await?;
+            eprintln!(
+                "cache {:<3} p={prob:.1}: lookup p50 {:.3} ms p99 {:.3} ms | trade p50 {:.3} ms p99 {:.3} ms | query p50 {:.3} ms | errors {} | verified {}",
+                if cache { "on" } else { "off" },
+                report.lookup.p50_ms,
+                report.lookup.p99_ms,
+                report.trade.p50_ms,
+                report.trade.p99_ms,
+                report.query.p50_ms,
+                report.lookup.errors + report.trade.errors + report.query.errors,
+                report.verified
+            );
+            let mut scratch = scratch;
+            scratch.cluster.stop_all().await?;
+            rows.push(EvalRow {
+                cache,
+                prob,
+                report,
+            });
+        }
+    }
+    write_csv(&opts.out.join("eval.csv"), &rows)?;
+    plot_latency(&opts.out.join("latency.svg"), &rows)?;
+    let trace = cache_trace(opts).await?;
+    plot_cache(&opts.out.join("cache.svg"), &trace, opts.cache_size)?;
+    Ok(rows)
+}
+
+fn write_csv(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
+    let mut out = String::from("cache,prob,request,count,errors,mean_ms,p50_ms,p99_ms\n");
+    for row in rows {
+        for (name, s) in [
+            ("lookup", &row.report.lookup),
+            ("trade", &row.report.trade),
+            ("query", &row.report.query),
+        ] {
+            out.push_str(&format!(
+                "{},{},{name},{},{},{:.3},{:.3},{:.3}\n",
+                if row.cache { "on" } else { "off" },
+                row.prob,
+                s.count,
+                s.errors,
+                s.mean_ms,
+                s.p50_ms,
+                s.p99_ms
+            ));
+        }
+    }
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("plotting failed: {e}")
+}
+
+/// p50 and p99 latency per request type against p, cache on and off.
+fn plot_latency(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1500, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let panels = root.split_evenly((1, 3));
+    type Pick = fn(&Report) -> &client::OpStats;
+    let kinds: [(&str, Pick); 3] = [
+        ("lookup", |r| &r.lookup),
+        ("trade", |r| &r.trade),
+        ("query", |r| &r.query),
+    ];
+    for (panel, (name, pick)) in panels.iter().zip(kinds) {
+        let max = rows
+            .iter()
+            .map(|r| pick(&r.report).p99_ms)
+            .fold(0.0f64, f64::max)
+            .max(0.01)
+            * 1.15;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{name} latency"), ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.05f64..0.85f64, 0f64..max)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("trade probability p")
+            .y_desc("ms")
+            .draw()
+            .map_err(plot_err)?;
+        let series: [(bool, bool, RGBColor, &str); 4] = [
+            (true, false, BLUE, "p50 cache on"),
+            (false, false, RED, "p50 cache off"),
+            (true, true, CYAN, "p99 cache on"),
+            (false, true, MAGENTA, "p99 cache off"),
+        ];
+        for (cache, p99, color, label) in series {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.cache == cache)
+                .map(|r| {
+                    let s = pick(&r.report);
+                    (r.prob, if p99 { s.p99_ms } else { s.p50_ms })
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(plot_err)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(plot_err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(plot_err)?;
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
+/// Samples of the front-end cache, most recently used first.
+pub struct CacheTrace {
+    pub samples: Vec<(f64, Vec<String>)>,
+    pub stocks: Vec<String>,
+}
+
+/// One sequential client with p=0.2 while `/status` is polled: shows which
+/// stocks the cache holds over time (LRU order, invalidations after trades).
+async fn cache_trace(opts: &EvalOptions) -> anyhow::Result<CacheTrace> {
+    let mut scratch = Scratch::start(&ScratchOptions {
+        cache_size: opts.cache_size,
+        ..ScratchOptions::default()
+    })
+    .await?;
+    let base = scratch.frontend_url();
+    let mut config = RunConfig::new(base.clone());
+    config.n_request = 150;
+    config.prob = 0.2;
+    config.clients = 1;
+    config.seed = opts.seed;
+    let stocks = config.stocks.clone();
+    let http = reqwest::Client::new();
+    let load = tokio::spawn(client::run(config));
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while !load.is_finished() {
+        if let Ok(r) = http.get(format!("{base}/status")).send().await
+            && let Ok(status) = r.json::<common::types::ClusterStatus>().await
+        {
+            samples.push((started.elapsed().as_secs_f64(), status.cache.entries));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    load.await??;
+    scratch.cluster.stop_all().await?;
+    Ok(CacheTrace { samples, stocks })
+}
+
+/// A dot per cached stock per sample; darker = more recently used.
+fn plot_cache(path: &Path, trace: &CacheTrace, capacity: usize) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1200, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let end = trace.samples.last().map_or(1.0, |s| s.0).max(0.01);
+    let n = trace.stocks.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "front-end cache contents over time (LRU, {capacity} entries; darker = more recent)"
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..end, -0.5f64..(n as f64 - 0.5))
+        .map_err(plot_err)?;
+    let names = trace.stocks.clone();
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_labels(n)
+        .y_label_formatter(&|y| {
+            names
+                .iter()
+                .enumerate()
+                .find(|(i, _)| (*i as f64 - y).abs() < 0.25)
+                .map(|(_, name)| name.clone())
+                .unwrap_or_default()
+        })
+        .draw()
+        .map_err(plot_err)?;
+    let index = |name: &str| trace.stocks.iter().position(|s| s == name);
+    let points = trace.samples.iter().flat_map(|(t, entries)| {
+        entries.iter().enumerate().filter_map(move |(rank, name)| {
+            let shade = 1.0 - 0.8 * rank as f64 / capacity.max(1) as f64;
+            index(name).map(|i| {
+                Rectangle::new(
+                    [(*t, i as f64 - 0.3), (*t + end / 600.0, i as f64 + 0.3)],
+                    BLUE.mix(shade).filled(),
+                )
+            })
+        })
+    });
+    chart.draw_series(points).map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
+/// Options of the failover mode.
+#[derive(Debug, Clone)]
+pub struct FailoverOptions {
+    pub duration: Duration,
+    pub kill_every: Duration,
+    pub down_for: Duration,
+    pub clients: usize,
+    pub prob: f64,
+    pub seed: u64,
+}
+
+/// What the failover mode reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    pub kills: u64,
+    pub leader_kills: u64,
+    pub trades_acknowledged: u64,
+    /// Requests that failed as the clients saw them (after their retries).
+    pub failed_requests: u64,
+    /// Per leader kill: the longest trade latency among trades started
+    /// from 100 ms before the kill to 1 s after it.
+    pub failover_ms: Vec<f64>,
+    pub failover_p50_ms: f64,
+    pub failover_max_ms: f64,
+    pub trade_p50_ms: f64,
+    pub trade_p99_ms: f64,
+    pub replicas_identical: bool,
+    pub verdict: verify::Verdict,
+}
+
+/// Kills a random replica (the leader included) every `kill_every` while
+/// clients run, restarts it after `down_for`, then heals and checks.
+pub async fn failover(opts: &FailoverOptions) -> anyhow::Result<FailoverReport> {
+    let mut scratch = Scratch::start(&ScratchOptions::default()).await?;
+    let base = scratch.frontend_url();
+    let mut config = RunConfig::new(base.clone());
+    config.n_request = u64::MAX;
+    config.duration = Some(opts.duration);
+    config.prob = opts.prob;
+    config.clients = opts.clients;
+    config.seed = opts.seed;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let started = Instant::now();
+    let load = tokio::spawn(client::run(config));
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let ids: Vec<u32> = scratch.cluster.config.orders.iter().map(|o| o.id).collect();
+    let mut kills = 0u64;
+    let mut leader_kill_times = Vec::new();
+    while started.elapsed() + opts.kill_every + opts.down_for < opts.duration {
+        tokio::time::sleep(opts.kill_every).await;
+        let id = ids[rng.random_range(0..ids.len())];
+        let leader = http
+            .get(format!("{base}/status"))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.json::<common::types::ClusterStatus>());
+        let leader = match leader {
+            Some(f) => f.await.ok().and_then(|s| s.leader.map(|l| l.id)),
+            None => None,
+        };
+        let at = started.elapsed();
+        scratch.cluster.kill(Service::Order(id))?;
+        kills += 1;
+        if leader == Some(id) {
+            leader_kill_times.push(at.as_secs_f64() * 1000.0);
+        }
+        eprintln!(
+            "{:>6.1}s kill -9 order-{id}{}",
+            at.as_secs_f64(),
+            if leader == Some(id) { " (leader)" } else { "" }
+        );
+        tokio::time::sleep(opts.down_for).await;
+        scratch.cluster.start_and_wait(Service::Order(id)).await?;
+        eprintln!(
+            "{:>6.1}s order-{id} is back",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let report = load.await??;
+    verify::wait_converged(&scratch.cluster, Duration::from_secs(30)).await?;
+    let verdict = verify::check(&scratch.cluster, &report.trades, &report.unknown)?;
+
+    let mut failover_ms: Vec<f64> = leader_kill_times
+        .iter()
+        .map(|&kill| {
+            report
+                .timeline
+                .iter()
+                .filter(|s| s.start_ms >= kill - 100.0 && s.start_ms <= kill + 1000.0)
+                .map(|s| s.latency_ms)
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let by_kill = failover_ms.clone();
+    failover_ms.sort_by(f64::total_cmp);
+    // Nearest-rank quantile of the sorted figures, `percent` in 0..=100.
+    let pick = |percent: usize| {
+        if failover_ms.is_empty() {
+            0.0
+        } else {
+            failover_ms[(failover_ms.len() - 1) * percent / 100]
+        }
+    };
+    let out = FailoverReport {
+        kills,
+        leader_kills: leader_kill_times.len() as u64,
+        trades_acknowledged: report.trades_acknowledged,
+        failed_requests: report.lookup.errors + report.trade.errors + report.query.errors,
+        failover_p50_ms: pick(50),
+        failover_max_ms: pick(100),
+        failover_ms: by_kill,
+        trade_p50_ms: report.trade.p50_ms,
+        trade_p99_ms: report.trade.p99_ms,
+        replicas_identical: verdict.replicas_identical,
+        verdict,
+    };
+    if out.verdict.violations.total() > 0 || out.failed_requests > 0 {
+        let dir = scratch.keep().await;
+        eprintln!("data and logs kept in {}", dir.display());
+    } else {
+        scratch.cluster.stop_all().await?;
+    }
+    Ok(out)
+}

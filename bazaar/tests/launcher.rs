@@ -1,0 +1,155 @@
+//! `bazaar up` end to end: the launcher starts the cluster, the client runs
+//! against it and verifies, `bazaar kill/resume/status` work from "another
+//! terminal", and Ctrl-C stops everything.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bazaar::cluster::{ScratchOptions, bin_dir, write_scratch_config};
+use common::config::Config;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn bazaar(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin_dir().unwrap().join("bazaar"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("bazaar runs")
+}
+
+/// Polls `cond` every 50 ms until it holds, or fails naming `what`.
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET /health` over a plain socket: true on a 200.
+fn healthy(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    s.write_all(request.as_bytes()).is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.1 200")
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = kill(Pid::from_raw(self.0.id().cast_signed()), Signal::SIGINT);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn bazaar_up_runs_a_cluster_the_client_can_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_scratch_config(dir.path(), &ScratchOptions::default()).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let frontend = config.frontend_url();
+
+    let mut up = Up(Command::new(bin_dir().unwrap().join("bazaar"))
+        .arg("--config")
+        .arg(&config_path)
+        .arg("up")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_for(
+        "the front-end of bazaar up",
+        Duration::from_secs(30),
+        || healthy(&frontend),
+    );
+
+    let port = config.frontend.port.to_string();
+    let client = |extra: &[&str]| {
+        let out = Command::new(bin_dir().unwrap().join("client"))
+            .args(["--host", "127.0.0.1", "--port", &port, "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let summary = client(&[
+        "--n_request",
+        "40",
+        "--prob",
+        "0.5",
+        "--clients",
+        "3",
+        "--seed",
+        "5",
+    ]);
+    assert_eq!(summary["lookup"]["count"], 120);
+    assert_eq!(summary["lookup"]["errors"], 0);
+    assert_eq!(summary["trade"]["errors"], 0);
+    assert_eq!(summary["verified"], true);
+    assert_eq!(summary["mismatches"], 0);
+    let trades = summary["trade"]["count"].as_u64().unwrap();
+    assert!(trades > 20, "{summary}");
+    assert_eq!(summary["query"]["count"].as_u64(), Some(trades));
+
+    // From "another terminal": kill the leader, trade, bring it back.
+    let out = bazaar(&config_path, &["kill", "order", "--id", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let summary = client(&["--n-request", "20", "--prob", "1", "--seed", "6"]);
+    assert_eq!(summary["verified"], true, "{summary}");
+    assert_eq!(summary["trade"]["errors"], 0, "{summary}");
+    let out = bazaar(&config_path, &["resume", "order-3"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let out = bazaar(&config_path, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services = status["services"].as_array().unwrap();
+    assert_eq!(services.len(), 5, "{status}");
+    assert!(services.iter().all(|s| s["up"] == true), "{status}");
+    let highest: Vec<_> = services
+        .iter()
+        .filter(|s| s["service"].as_str().unwrap().starts_with("order-"))
+        .map(|s| s["health"]["highest"].clone())
+        .collect();
+    assert_eq!(highest.len(), 3);
+    assert!(highest.iter().all(|h| *h == highest[0]), "{status}");
+    assert_eq!(status["frontend"]["leader"]["id"], 2, "{status}");
+
+    // Ctrl-C stops every service and the launcher exits 0.
+    kill(Pid::from_raw(up.0.id().cast_signed()), Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = up.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "bazaar up did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "bazaar up exited with {code}");
+    for url in std::iter::once(config.catalog_url())
+        .chain(config.orders.iter().map(|o| o.url()))
+        .chain(std::iter::once(frontend.clone()))
+    {
+        assert!(!healthy(&url), "{url} still answers after Ctrl-C");
+    }
+}
