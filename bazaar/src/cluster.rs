@@ -73,6 +73,8 @@ pub struct Cluster {
     bin_dir: PathBuf,
     children: BTreeMap<Service, Child>,
     http: reqwest::Client,
+    /// Extra environment of a service's next start (fault points in tests).
+    env: BTreeMap<Service, Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -100,6 +102,7 @@ impl Cluster {
             bin_dir,
             children: BTreeMap::new(),
             http,
+            env: BTreeMap::new(),
         })
     }
 
@@ -152,6 +155,9 @@ impl Cluster {
             }
         };
         cmd.arg("--config").arg(&self.config_path);
+        for (key, value) in self.env.get(&s).into_iter().flatten() {
+            cmd.env(key, value);
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -159,6 +165,16 @@ impl Cluster {
         let pid = child.id();
         self.children.insert(s, child);
         Ok(pid)
+    }
+
+    /// Sets (or with `None` removes) an environment variable for the next
+    /// starts of `s`.
+    pub fn set_env(&mut self, s: Service, key: &str, value: Option<&str>) {
+        let vars = self.env.entry(s).or_default();
+        vars.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            vars.push((key.to_string(), v.to_string()));
+        }
     }
 
     /// Waits until `s` answers its health check, failing early if it exits.

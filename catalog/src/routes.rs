@@ -87,6 +87,7 @@ async fn apply(
             Ok((StatusCode::CONFLICT, Json(ConflictBody { conflict })).into_response())
         }
         Ok(outcomes) => {
+            common::fault::point(common::fault::CATALOG_BEFORE_REPLY);
             if let Some(inv) = &s.invalidator {
                 for (t, o) in batch.trades.iter().zip(&outcomes) {
                     if matches!(o, TradeOutcome::Applied { .. }) {

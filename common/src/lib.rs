@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod http;
 pub mod storage;
 pub mod telemetry;

@@ -337,12 +337,15 @@ async fn commit(
             TradeOutcome::Rejected { .. } => None,
         })
         .collect();
+    common::fault::point(common::fault::AFTER_CATALOG_APPLY);
     if !records.is_empty() {
         node.log
             .append(&records)
             .await
             .map_err(|e| CommitError::Failed(e.into(), true))?;
+        common::fault::point(common::fault::AFTER_LOCAL_APPEND);
         broadcast(node, state.epoch, records, false).await;
+        common::fault::point(common::fault::BEFORE_ACK);
     }
     Ok(outcomes)
 }

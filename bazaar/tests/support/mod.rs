@@ -19,9 +19,21 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(opts: ScratchOptions) -> TestCluster {
+        Self::start_with_env(opts, &[]).await
+    }
+
+    /// Starts a cluster where `service` runs with the extra environment
+    /// variables given (e.g. a fault point).
+    pub async fn start_with_env(
+        opts: ScratchOptions,
+        env: &[(Service, &str, &str)],
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = write_scratch_config(dir.path(), &opts).expect("scratch config");
         let mut cluster = Cluster::new(&config, &dir.path().join("logs")).expect("cluster");
+        for (service, key, value) in env {
+            cluster.set_env(*service, key, Some(value));
+        }
         if let Err(e) = cluster.start_all().await {
             dump_logs(&cluster);
             panic!("cluster did not start: {e:#}");

@@ -1,0 +1,60 @@
+//! Fault points for the crash tests. A process started with
+//! `BAZAAR_FAULT=<point>:<action>` acts the first time it reaches `point`:
+//! `abort` ends it at once (like `kill -9`: nothing more is flushed or
+//! answered), `stop` freezes it with SIGSTOP until someone sends SIGCONT.
+//! Without the variable every point is a no-op. This lets a test open each
+//! failure window exactly, instead of hoping a timed kill lands in it.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub const FAULT_ENV: &str = "BAZAAR_FAULT";
+
+/// After the catalog applied a batch, before the leader stores it.
+pub const AFTER_CATALOG_APPLY: &str = "after-catalog-apply";
+/// After the leader stored a batch, before it propagates it.
+pub const AFTER_LOCAL_APPEND: &str = "after-local-append";
+/// After the followers confirmed a batch, before the leader answers.
+pub const BEFORE_ACK: &str = "before-ack";
+/// After the catalog committed a batch, before it answers the leader.
+pub const CATALOG_BEFORE_REPLY: &str = "catalog-before-reply";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Stop,
+}
+
+fn armed() -> Option<&'static (String, Action)> {
+    static ARMED: OnceLock<Option<(String, Action)>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var(FAULT_ENV).ok()?;
+            let (point, action) = spec.split_once(':')?;
+            let action = match action {
+                "abort" => Action::Abort,
+                "stop" => Action::Stop,
+                _ => return None,
+            };
+            Some((point.to_string(), action))
+        })
+        .as_ref()
+}
+
+/// Acts if this process was started with `point` armed (once).
+pub fn point(point: &str) {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let Some((armed, action)) = armed() else {
+        return;
+    };
+    if armed != point || FIRED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tracing::warn!(point, ?action, "fault point reached");
+    match action {
+        Action::Abort => std::process::abort(),
+        Action::Stop => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+}
