@@ -375,34 +375,16 @@ pub async fn failover(opts: &FailoverOptions) -> anyhow::Result<FailoverReport> 
     verify::wait_converged(&scratch.cluster, Duration::from_secs(30)).await?;
     let verdict = verify::check(&scratch.cluster, &report.trades, &report.unknown)?;
 
-    let mut failover_ms: Vec<f64> = leader_kill_times
-        .iter()
-        .map(|&kill| {
-            report
-                .timeline
-                .iter()
-                .filter(|s| s.start_ms >= kill - 100.0 && s.start_ms <= kill + 1000.0)
-                .map(|s| s.latency_ms)
-                .fold(0.0, f64::max)
-        })
-        .collect();
-    let by_kill = failover_ms.clone();
+    let by_kill = failover_latencies(&report.timeline, &leader_kill_times);
+    let mut failover_ms = by_kill.clone();
     failover_ms.sort_by(f64::total_cmp);
-    // Nearest-rank quantile of the sorted figures, `percent` in 0..=100.
-    let pick = |percent: usize| {
-        if failover_ms.is_empty() {
-            0.0
-        } else {
-            failover_ms[(failover_ms.len() - 1) * percent / 100]
-        }
-    };
     let out = FailoverReport {
         kills,
         leader_kills: leader_kill_times.len() as u64,
         trades_acknowledged: report.trades_acknowledged,
         failed_requests: report.lookup.errors + report.trade.errors + report.query.errors,
-        failover_p50_ms: pick(50),
-        failover_max_ms: pick(100),
+        failover_p50_ms: nearest_rank(&failover_ms, 50),
+        failover_max_ms: nearest_rank(&failover_ms, 100),
         failover_ms: by_kill,
         trade_p50_ms: report.trade.p50_ms,
         trade_p99_ms: report.trade.p99_ms,
@@ -416,4 +398,28 @@ pub async fn failover(opts: &FailoverOptions) -> anyhow::Result<FailoverReport> 
         scratch.cluster.stop_all().await?;
     }
     Ok(out)
+}
+
+/// For each fault of the leader (ms since the run began): the longest
+/// latency of a trade started from 100 ms before it to 1 s after it, i.e.
+/// how long the failover held a client up.
+pub fn failover_latencies(timeline: &[client::TradeSample], faults_ms: &[f64]) -> Vec<f64> {
+    faults_ms
+        .iter()
+        .map(|&at| {
+            timeline
+                .iter()
+                .filter(|s| s.start_ms >= at - 100.0 && s.start_ms <= at + 1000.0)
+                .map(|s| s.latency_ms)
+                .fold(0.0, f64::max)
+        })
+        .collect()
+}
+
+/// Nearest-rank quantile of sorted figures, `percent` in 0..=100; 0 when empty.
+pub fn nearest_rank(sorted: &[f64], percent: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(sorted.len() - 1) * percent.min(100) / 100]
 }

@@ -42,6 +42,74 @@ enum Cmd {
     /// Measure latency vs trade probability with the cache on and off (CSV
     /// and SVG plots), or with --failover, kill replicas while clients run.
     Eval(EvalArgs),
+    /// Run clients on a fresh cluster while killing and freezing services on
+    /// a random schedule; then check every guarantee. Exit code 1 on any
+    /// violation (the data and history are kept).
+    Chaos(ChaosArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ChaosArgs {
+    /// How long the clients run, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    duration_s: f64,
+    /// Seed of the fault schedule and of the clients.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Concurrent client sessions.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Mean seconds between two faults.
+    #[arg(long, default_value_t = 3.0)]
+    fault_every_s: f64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn chaos(args: &ChaosArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=256).contains(&args.clients),
+        "--clients must be in 1..=256"
+    );
+    let report = bazaar::chaos::run(&bazaar::chaos::ChaosOptions {
+        duration: seconds("--duration-s", args.duration_s)?,
+        seed: args.seed,
+        clients: args.clients,
+        fault_every: seconds("--fault-every-s", args.fault_every_s)?,
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "seed {}: {} faults {:?}",
+            report.seed, report.faults_injected, report.faults_by_kind
+        );
+        println!(
+            "trades acknowledged {}, unknown outcome {}, failed client requests {}, lookups checked {}",
+            report.trades_acknowledged,
+            report.trades_unknown_outcome,
+            report.failed_requests,
+            report.lookups_checked_for_staleness
+        );
+        println!(
+            "failover p50 {:.1} ms, p99 {:.1} ms; orders in the log {}",
+            report.failover_p50_ms, report.failover_p99_ms, report.orders_in_log
+        );
+        println!("violations: {:?}", report.violations);
+        for e in &report.examples {
+            println!("  {e}");
+        }
+        if let Some(dir) = &report.kept {
+            println!("data, logs and history.json kept in {}", dir.display());
+        }
+        println!("{}", if report.passed { "PASSED" } else { "FAILED" });
+    }
+    if !report.passed {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,6 +258,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let (action, target) = match &cli.command {
         Cmd::Up => return bazaar::up::up(&cli.config).await,
         Cmd::Eval(args) => return eval(args).await,
+        Cmd::Chaos(args) => return chaos(args).await,
         Cmd::Status { json } => {
             let config = Config::load(&cli.config)?;
             let (rows, view) = tokio::join!(
