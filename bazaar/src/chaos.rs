@@ -143,7 +143,7 @@ async fn staleness_checker(base: String, until: Instant, initial: u64) -> Checke
     let run: u64 = rand::random();
     let mut i = 0u64;
     while Instant::now() < until && expected.is_some() {
-        let kind = if i % 2 == 0 {
+        let kind = if i.is_multiple_of(2) {
             TradeKind::Sell
         } else {
             TradeKind::Buy
