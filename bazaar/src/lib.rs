@@ -1,6 +1,7 @@
 //! The `bazaar` launcher: local clusters of the service binaries, and the
 //! commands built on them.
 
+pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod control;

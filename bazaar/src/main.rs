@@ -46,6 +46,68 @@ enum Cmd {
     /// a random schedule; then check every guarantee. Exit code 1 on any
     /// violation (the data and history are kept).
     Chaos(ChaosArgs),
+    /// Measure every request path against a bare in-process baseline server.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Connections of the multi-connection phases.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=1024).contains(&args.connections),
+        "--connections must be in 1..=1024"
+    );
+    let report = bazaar::bench::run(&bazaar::bench::BenchOptions {
+        duration: seconds("--duration-s", args.duration_s)?,
+        connections: args.connections,
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} cores, {} MiB; {} s per phase",
+        report.nproc,
+        report.memory_kib / 1024,
+        report.duration_s
+    );
+    println!(
+        "{:<18}{:>6}{:>11}{:>10}{:>10}{:>10}{:>8}{:>9}{:>8}",
+        "phase", "conns", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "errors", "×rps", "×p50"
+    );
+    for p in &report.phases {
+        println!(
+            "{:<18}{:>6}{:>11.0}{:>10.0}{:>10.0}{:>10.0}{:>8}{:>9.3}{:>8.2}",
+            p.name,
+            p.connections,
+            p.rps,
+            p.p50_us,
+            p.p99_us,
+            p.p999_us,
+            p.errors,
+            p.rps_ratio,
+            p.p50_ratio
+        );
+    }
+    for r in &report.rss {
+        println!(
+            "rss {:<10} {:>8} KiB -> {:>8} KiB ({:+.1}%) over the trade phases",
+            r.service, r.start_kib, r.end_kib, r.growth_pct
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -259,6 +321,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Up => return bazaar::up::up(&cli.config).await,
         Cmd::Eval(args) => return eval(args).await,
         Cmd::Chaos(args) => return chaos(args).await,
+        Cmd::Bench(args) => return bench(args).await,
         Cmd::Status { json } => {
             let config = Config::load(&cli.config)?;
             let (rows, view) = tokio::join!(
