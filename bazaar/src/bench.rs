@@ -316,8 +316,18 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .into_iter()
         .filter_map(|s| scratch.cluster.pid(s).map(|p| (s.to_string(), p)))
         .collect();
-    let rss_start: Vec<u64> = pids.iter().map(|(_, p)| rss_kib(*p)).collect();
     let trade_names = Arc::new(names.clone());
+    // Warm the trade path (connection pools, sled caches) before taking the
+    // starting RSS, so growth means a leak, not start-up.
+    measure(
+        "trade warm-up",
+        frontend,
+        Workload::Trades(trade_names.clone()),
+        c,
+        d.min(Duration::from_secs(2)),
+    )
+    .await;
+    let rss_start: Vec<u64> = pids.iter().map(|(_, p)| rss_kib(*p)).collect();
     phases.push(
         measure(
             "trade",

@@ -12,7 +12,8 @@ pub const FAULT_ENV: &str = "BAZAAR_FAULT";
 
 /// After the catalog applied a batch, before the leader stores it.
 pub const AFTER_CATALOG_APPLY: &str = "after-catalog-apply";
-/// After the leader stored a batch, before it propagates it.
+/// After the leader stored a batch; its propagation to the followers runs
+/// at the same time, so they may or may not have it.
 pub const AFTER_LOCAL_APPEND: &str = "after-local-append";
 /// After the followers confirmed a batch, before the leader answers.
 pub const BEFORE_ACK: &str = "before-ack";
