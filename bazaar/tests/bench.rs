@@ -15,7 +15,13 @@ async fn every_bench_phase_completes_without_errors() {
     .await
     .expect("the bench completes");
     let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();
-    for phase in ["baseline", "cached lookup", "uncached lookup", "trade", "order query"] {
+    for phase in [
+        "baseline",
+        "cached lookup",
+        "uncached lookup",
+        "trade",
+        "order query",
+    ] {
         assert_eq!(
             names.iter().filter(|n| **n == phase).count(),
             2,
