@@ -363,6 +363,8 @@ pub struct ScratchOptions {
     pub cache_size: usize,
     pub health_check_interval_ms: u64,
     pub replicas: u32,
+    /// Cluster token written to the config (`None`: internal endpoints open).
+    pub token: Option<String>,
 }
 
 impl Default for ScratchOptions {
@@ -371,6 +373,7 @@ impl Default for ScratchOptions {
             cache_size: 5,
             health_check_interval_ms: 100,
             replicas: 3,
+            token: None,
         }
     }
 }
@@ -394,6 +397,9 @@ pub fn write_scratch_config(dir: &Path, opts: &ScratchOptions) -> anyhow::Result
         yaml.push_str(&format!(
             "  - {{ id: {id}, host: 127.0.0.1, port: {port}, db_path: db/order-{id} }}\n"
         ));
+    }
+    if let Some(token) = &opts.token {
+        yaml.push_str(&format!("token: {}\n", serde_json::to_string(token)?));
     }
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml)?;

@@ -2,6 +2,7 @@
 //! trades are applied and numbered, and the record of every applied order.
 
 pub mod invalidate;
+pub mod metrics;
 pub mod routes;
 pub mod store;
 
@@ -48,7 +49,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let catalog = state.catalog.clone();
-    common::http::serve(listener, router(state), Limits::INTERNAL, shutdown).await?;
+    let mut registry = common::metrics::MetricsBuilder::new("catalog");
+    metrics::register(&mut registry.registry);
+    let app = registry.finish(router(state));
+    common::http::serve(listener, app, Limits::INTERNAL, shutdown).await?;
     catalog.flush().await.map_err(std::io::Error::other)
 }
 

@@ -88,6 +88,15 @@ async fn apply(
         }
         Ok(outcomes) => {
             common::fault::point(common::fault::CATALOG_BEFORE_REPLY);
+            tracing::debug!(trades = outcomes.len(), base = batch.base, "batch applied");
+            let m = &crate::metrics::METRICS;
+            m.apply_batches.inc();
+            for o in &outcomes {
+                match o {
+                    TradeOutcome::Applied { .. } => m.trades_applied.inc(),
+                    TradeOutcome::Rejected { .. } => m.trades_rejected.inc(),
+                };
+            }
             if let Some(inv) = &s.invalidator {
                 for (t, o) in batch.trades.iter().zip(&outcomes) {
                     if matches!(o, TradeOutcome::Applied { .. }) {

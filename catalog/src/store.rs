@@ -117,7 +117,7 @@ impl Catalog {
             );
         }
         self.stocks.apply_batch(batch)?;
-        self.db.flush_async().await?;
+        crate::metrics::METRICS.flush.flush(&self.db).await?;
         Ok(rows.len())
     }
 
@@ -168,7 +168,7 @@ impl Catalog {
         }
         if epoch > seq.epoch {
             self.meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
-            self.db.flush_async().await?;
+            crate::metrics::METRICS.flush.flush(&self.db).await?;
             seq.epoch = epoch;
         }
         Ok(Ok(seq.next))
@@ -248,7 +248,7 @@ impl Catalog {
             }
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
-        self.db.flush_async().await?;
+        crate::metrics::METRICS.flush.flush(&self.db).await?;
         seq.epoch = batch.epoch;
         seq.next += outcomes
             .iter()
@@ -278,7 +278,7 @@ impl Catalog {
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        crate::metrics::METRICS.flush.flush(&self.db).await?;
         Ok(())
     }
 }

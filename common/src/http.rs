@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::error::ApiError;
@@ -121,6 +122,10 @@ pub async fn serve(
 pub fn with_limits(router: Router, limits: Limits) -> Router {
     router
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        // Refuses a body whose Content-Length is over the limit before it
+        // is read: without it such a request waits for its body until the
+        // request timeout (408) instead of getting 413 at once.
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
@@ -207,7 +212,10 @@ pub fn require_token<S: Clone + Send + Sync + 'static>(
     token: Option<Arc<str>>,
 ) -> Router<S> {
     let Some(token) = token else { return router };
-    router.layer(middleware::from_fn(move |req: Request, next: Next| {
+    // `route_layer`, not `layer`: a layer would also wrap the fallback, and
+    // once merged into the public router every unknown path would answer
+    // 401 instead of 404.
+    router.route_layer(middleware::from_fn(move |req: Request, next: Next| {
         let token = token.clone();
         async move {
             let given = req

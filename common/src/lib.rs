@@ -9,6 +9,8 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod http;
+pub mod metrics;
+pub mod request_id;
 pub mod storage;
 pub mod telemetry;
 pub mod types;

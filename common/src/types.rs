@@ -86,10 +86,15 @@ impl TradeRequest {
     }
 }
 
-/// A stock name is 1..=64 printable ASCII characters without `/`.
+/// A stock name is 1..=64 printable ASCII characters without `/`, and not
+/// `.` or `..`: every name must be usable as the path segment of
+/// `GET /stocks/{name}`, and URL clients drop or resolve dot segments.
 pub fn validate_stock_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("stock name must not be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a stock name"));
     }
     if name.len() > MAX_STOCK_NAME_LEN {
         return Err(format!(
@@ -307,6 +312,9 @@ mod tests {
         assert!(validate_stock_name("a/b").is_err());
         assert!(validate_stock_name("äpfel").is_err());
         assert!(validate_stock_name(&"A".repeat(65)).is_err());
+        assert!(validate_stock_name("..").is_err());
+        assert!(validate_stock_name(".").is_err());
+        assert!(validate_stock_name("...").is_ok());
     }
 
     #[test]

@@ -13,20 +13,46 @@
 //! quantity. When the memory of recent invalidations does not reach back
 //! far enough, the insert is skipped (safe, only a lost cache fill).
 
+use prometheus_client::metrics::counter::Counter;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::types::Stock;
 use lru::LruCache;
 
+/// Counters of the cache; Prometheus counters, so `/metrics` shares them.
 #[derive(Debug, Default)]
 pub struct CacheStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub evictions: AtomicU64,
-    pub invalidations: AtomicU64,
+    pub hits: Counter,
+    pub misses: Counter,
+    pub evictions: Counter,
+    pub invalidations: Counter,
+}
+
+impl CacheStats {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "cache_hits",
+            "Lookups answered from the cache",
+            self.hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Lookups that went to the catalog",
+            self.misses.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Stocks evicted as least recently used",
+            self.evictions.clone(),
+        );
+        registry.register(
+            "cache_invalidations",
+            "Stocks dropped from the cache after a trade",
+            self.invalidations.clone(),
+        );
+    }
 }
 
 /// Invalidations remembered for racing lookups; a lookup slower than this
@@ -86,7 +112,7 @@ impl StockCache {
         } else {
             &self.stats.misses
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         found
     }
 
@@ -106,7 +132,7 @@ impl StockCache {
         // `push` hands back the old entry of the same key, or the evicted one.
         match g.lru.push(name.clone(), stock) {
             Some((old, _)) if old != name => {
-                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                self.stats.evictions.inc();
                 Some(old)
             }
             _ => None,
@@ -123,7 +149,7 @@ impl StockCache {
                 g.recent.pop_front();
             }
             g.lru.pop(name);
-            self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+            self.stats.invalidations.inc();
         }
     }
 
@@ -163,7 +189,7 @@ mod tests {
         // Re-inserting a present key is an update, not an eviction.
         assert_eq!(c.insert_if_current(stock("A", 2), g), None);
         assert_eq!(c.get("A").unwrap().quantity, 2);
-        assert_eq!(c.stats.evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.evictions.get(), 1);
     }
 
     #[test]

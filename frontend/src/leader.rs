@@ -5,8 +5,9 @@
 //! a background task probes the leader every `health_check_interval_ms`
 //! (active health check).
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -51,7 +52,30 @@ pub struct Current {
 
 #[derive(Debug, Default)]
 pub struct LeaderStats {
-    pub selections: AtomicU64,
+    pub selections: Counter,
+    /// Id of the current leader; 0 when there is none.
+    pub leader_id: Gauge,
+    pub epoch: Gauge,
+}
+
+impl LeaderStats {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "leader_selections",
+            "Leader selections made by the front-end",
+            self.selections.clone(),
+        );
+        registry.register(
+            "leader_id",
+            "Id of the current leader replica (0: none)",
+            self.leader_id.clone(),
+        );
+        registry.register(
+            "leader_epoch",
+            "Epoch of the current leader",
+            self.epoch.clone(),
+        );
+    }
 }
 
 pub struct Leaders {
@@ -113,6 +137,10 @@ impl Leaders {
             id: c.as_ref().map(|c| c.id),
             epoch: c.as_ref().map_or(0, |c| c.epoch),
         };
+        self.stats.leader_id.set(change.id.map_or(0, i64::from));
+        self.stats
+            .epoch
+            .set(i64::try_from(change.epoch).unwrap_or(i64::MAX));
         let mut current = self.current.write().expect("leader lock is never poisoned");
         let changed =
             current.as_ref().map(|c| (c.id, c.epoch)) != change.id.zip(Some(change.epoch));
@@ -204,7 +232,7 @@ impl Leaders {
                 epoch,
                 url: candidate.url.clone(),
             };
-            self.stats.selections.fetch_add(1, Ordering::Relaxed);
+            self.stats.selections.inc();
             tracing::info!(leader = chosen.id, epoch, "leader selected");
             self.set_current(Some(chosen.clone()));
             return Ok(chosen);
@@ -278,12 +306,13 @@ impl Leaders {
     /// Forwards a trade; safe to retry because it carries its key.
     pub async fn trade(&self, cmd: &TradeCommand) -> Result<TradeReceipt, ApiError> {
         self.with_leader(|leader| async move {
-            let sent = self
-                .forward
-                .post(format!("{}/orders", leader.url))
-                .json(cmd)
-                .send()
-                .await;
+            let sent = common::request_id::tag(
+                self.forward
+                    .post(format!("{}/orders", leader.url))
+                    .json(cmd),
+            )
+            .send()
+            .await;
             classify(sent, true).await
         })
         .await
@@ -292,11 +321,11 @@ impl Leaders {
 
     pub async fn order(&self, number: u64) -> Result<Order, ApiError> {
         self.with_leader(|leader| async move {
-            let sent = self
-                .forward
-                .get(format!("{}/orders/{number}", leader.url))
-                .send()
-                .await;
+            let sent = common::request_id::tag(
+                self.forward.get(format!("{}/orders/{number}", leader.url)),
+            )
+            .send()
+            .await;
             classify(sent, false).await
         })
         .await

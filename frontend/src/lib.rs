@@ -54,5 +54,9 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    common::http::serve(listener, router(state), Limits::PUBLIC, shutdown).await
+    let mut metrics = common::metrics::MetricsBuilder::new("frontend");
+    state.cache.stats.register(&mut metrics.registry);
+    state.leaders.stats.register(&mut metrics.registry);
+    let app = metrics.finish(router(state));
+    common::http::serve(listener, app, Limits::PUBLIC, shutdown).await
 }

@@ -33,6 +33,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(crate::status::status))
+        // The live dashboard: one self-contained page polling /status and /metrics.
+        .route(
+            "/dashboard",
+            get(|| async { axum::response::Html(include_str!("dashboard.html")) }),
+        )
         .route("/stocks/{name}", get(lookup))
         .route("/orders", post(trade))
         .route("/orders/{number}", get(order))
@@ -60,9 +65,7 @@ async fn lookup(
         return Ok(Json(Data::new(stock)));
     }
     let generation = s.cache.generation();
-    let resp = s
-        .catalog
-        .get(format!("{}/stocks/{name}", s.catalog_url))
+    let resp = common::request_id::tag(s.catalog.get(catalog_stock_url(&s.catalog_url, &name)?))
         .send()
         .await
         .map_err(|e| ApiError::unavailable(format!("catalog unreachable: {e}")))?;
@@ -83,6 +86,19 @@ async fn lookup(
         .map_err(|e| ApiError::unavailable(format!("bad catalog answer: {e}")))?;
     s.cache.insert_if_current(data.data.clone(), generation);
     Ok(Json(data))
+}
+
+/// `{catalog}/stocks/{name}` with the name percent-encoded as one path
+/// segment: pasted in raw, `?` or `#` in a name would cut it short (a lookup
+/// of `AAPL?x` would answer AAPL).
+fn catalog_stock_url(catalog_url: &str, name: &str) -> Result<reqwest::Url, ApiError> {
+    let mut url = reqwest::Url::parse(catalog_url)
+        .map_err(|e| ApiError::internal(format!("bad catalog URL {catalog_url}: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|()| ApiError::internal(format!("bad catalog URL {catalog_url}")))?
+        .pop_if_empty()
+        .extend(["stocks", name]);
+    Ok(url)
 }
 
 async fn trade(
@@ -131,4 +147,20 @@ async fn invalidation(
 ) -> Json<Data<&'static str>> {
     s.cache.invalidate(&name);
     Json(Data::new("invalidated"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_url_keeps_the_name_one_segment() {
+        let url = |name| catalog_stock_url("http://127.0.0.1:8087", name).unwrap();
+        assert_eq!(url("AAPL").as_str(), "http://127.0.0.1:8087/stocks/AAPL");
+        assert_eq!(
+            url("AAPL?a=b#c").as_str(),
+            "http://127.0.0.1:8087/stocks/AAPL%3Fa=b%23c"
+        );
+        assert_eq!(url("A%B").as_str(), "http://127.0.0.1:8087/stocks/A%25B");
+    }
 }

@@ -1,8 +1,6 @@
 //! `GET /status`: every service's health, the leader and its recent
 //! changes, and the cache contents, gathered on demand.
 
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::extract::State;
 use common::types::{CacheStatus, ClusterStatus, Health, LeaderInfo, ServiceStatus};
@@ -48,16 +46,16 @@ pub async fn status(State(s): State<AppState>) -> Json<ClusterStatus> {
             id: c.id,
             epoch: c.epoch,
         }),
-        selections: leaders.stats.selections.load(Ordering::Relaxed),
+        selections: leaders.stats.selections.get(),
         leader_changes: leaders.history(),
         services,
         cache: CacheStatus {
             capacity: s.cache.capacity(),
             entries: s.cache.names(),
-            hits: stats.hits.load(Ordering::Relaxed),
-            misses: stats.misses.load(Ordering::Relaxed),
-            evictions: stats.evictions.load(Ordering::Relaxed),
-            invalidations: stats.invalidations.load(Ordering::Relaxed),
+            hits: stats.hits.get(),
+            misses: stats.misses.get(),
+            evictions: stats.evictions.get(),
+            invalidations: stats.invalidations.get(),
         },
     })
 }

@@ -287,9 +287,17 @@ async fn commit(
             true,
         )
     };
+    // The batch's id ties the catalog's log lines to the keys listed here.
+    let batch_id = format!("batch-{}-{base}", state.epoch);
+    tracing::debug!(
+        batch = %batch_id,
+        keys = ?groups.iter().map(|g| g.cmd.key.as_str()).collect::<Vec<_>>(),
+        "sending a batch to the catalog"
+    );
     let resp = node
         .client
         .post(format!("{}/apply", node.catalog_url))
+        .header(common::request_id::REQUEST_ID_HEADER, &batch_id)
         .json(&batch)
         .send()
         .await
@@ -355,6 +363,9 @@ async fn commit(
             broadcast(node, state.epoch, records.clone(), false, next)
         );
         stored.map_err(|e| CommitError::Failed(e.into(), true))?;
+        crate::metrics::METRICS
+            .trades_committed
+            .inc_by(records.len() as u64);
         common::fault::point(common::fault::BEFORE_ACK);
     }
     Ok(outcomes)
@@ -415,6 +426,7 @@ async fn broadcast(node: &Node, epoch: u64, orders: Vec<OrderRecord>, everyone: 
                     Ok(r) => r.status().to_string(),
                     Err(e) => e.to_string(),
                 };
+                crate::metrics::METRICS.propagation_failures.inc();
                 if lagging
                     .insert(id, Instant::now() + FOLLOWER_RETRY)
                     .is_none()

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod leader;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod routes;
@@ -86,7 +87,15 @@ pub async fn run(
             tracing::warn!(error = %e, "start-up catch-up incomplete; the leader will fill the rest")
         }
     }
-    common::http::serve(listener, router(state), Limits::INTERNAL, shutdown).await?;
+    metrics::METRICS.highest.set(
+        node.log
+            .highest()
+            .map_or(-1, |h| i64::try_from(h).unwrap_or(i64::MAX)),
+    );
+    let mut registry = common::metrics::MetricsBuilder::new(&format!("order-{}", node.id));
+    metrics::register(&mut registry.registry);
+    let app = registry.finish(router(state));
+    common::http::serve(listener, app, Limits::INTERNAL, shutdown).await?;
     node.log.flush().await.map_err(std::io::Error::other)
 }
 

@@ -80,6 +80,16 @@ pub async fn catch_up_from_peers(node: &Node) -> Result<u64, OrderError> {
 /// Pulls pages from a paged log endpoint (`/log` of a replica or `/applied`
 /// of the catalog) until this replica holds every order below `target`.
 pub async fn pull(node: &Node, endpoint: &str, target: u64) -> Result<(), OrderError> {
+    crate::metrics::METRICS.catch_up_runs.inc();
+    let before = node.log.next();
+    let result = pull_pages(node, endpoint, target).await;
+    crate::metrics::METRICS
+        .orders_pulled
+        .inc_by(node.log.next().saturating_sub(before));
+    result
+}
+
+async fn pull_pages(node: &Node, endpoint: &str, target: u64) -> Result<(), OrderError> {
     for _ in 0..MAX_PAGES_PER_PULL {
         let from = node.log.next();
         if from >= target {
@@ -164,6 +174,9 @@ pub async fn receive(node: &Node, p: Propagate) -> Result<u64, OrderError> {
         pull(node, &leader_log, first).await?;
     }
     node.log.append(&p.orders).await?;
+    crate::metrics::METRICS
+        .replication_lag
+        .set(i64::try_from(p.next.saturating_sub(node.log.next())).unwrap_or(i64::MAX));
     if node.log.next() < p.next {
         tracing::info!(
             from = node.log.next(),
@@ -172,6 +185,7 @@ pub async fn receive(node: &Node, p: Propagate) -> Result<u64, OrderError> {
             "catching up with the leader"
         );
         pull(node, &leader_log, p.next).await?;
+        crate::metrics::METRICS.replication_lag.set(0);
     }
     Ok(node.log.next())
 }

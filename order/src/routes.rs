@@ -69,6 +69,7 @@ async fn place(
         Role::Follower { .. } => return Err(OrderError::NotLeader),
     }
     let (tx, rx) = oneshot::channel();
+    let key = cmd.key.clone();
     s.node
         .sequencer
         .try_send(Pending { cmd, reply: tx })
@@ -78,6 +79,7 @@ async fn place(
     let number = rx
         .await
         .map_err(|_| OrderError::Unavailable("the sequencer stopped".into()))??;
+    tracing::debug!(number, %key, "trade committed");
     Ok(Json(Data::new(TradeReceipt {
         transaction_number: number,
     })))

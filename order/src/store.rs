@@ -153,9 +153,12 @@ impl OrderLog {
             Err(TransactionError::Storage(e)) => return Err(e.into()),
             Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         }
-        self.db.flush_async().await?;
+        crate::metrics::timed_flush(&self.db).await?;
         let new_next = next + fresh.len() as u64;
         self.next.store(new_next, Ordering::Release);
+        crate::metrics::METRICS
+            .highest
+            .set(i64::try_from(new_next).unwrap_or(i64::MAX) - 1);
         Ok(new_next)
     }
 
@@ -171,12 +174,12 @@ impl OrderLog {
     /// Records a higher epoch durably.
     pub async fn set_epoch(&self, epoch: u64) -> Result<(), StoreError> {
         self.meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
-        self.db.flush_async().await?;
+        crate::metrics::timed_flush(&self.db).await?;
         Ok(())
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        crate::metrics::timed_flush(&self.db).await?;
         Ok(())
     }
 }

@@ -1,0 +1,171 @@
+//! Prometheus metrics (`prometheus-client`, OpenMetrics text): the HTTP
+//! figures every service shares, the registry each service fills with its
+//! own, and the `GET /metrics` route. Names carry the `bazaar_` prefix and
+//! a `service` label.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
+/// Latency buckets from 25 µs to about 13 s, doubling: fine enough for a
+/// cached lookup, wide enough for a failover.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 20))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Requests by route, method and status, and their latency.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: HistogramFamily<RouteLabels>,
+}
+
+/// A registry with the service label and the HTTP metrics in it; the
+/// service registers its own before `finish`.
+pub struct MetricsBuilder {
+    pub registry: Registry,
+    pub http: HttpMetrics,
+}
+
+impl MetricsBuilder {
+    pub fn new(service: &str) -> MetricsBuilder {
+        let mut registry = Registry::with_prefix_and_labels(
+            "bazaar",
+            [("service".into(), service.to_string().into())].into_iter(),
+        );
+        let http = HttpMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            http.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response, by route and method",
+            http.latency.clone(),
+        );
+        MetricsBuilder { registry, http }
+    }
+
+    /// Wraps `router` so every request is counted, timed and given a
+    /// request id, and adds `GET /metrics`.
+    pub fn finish(self, router: Router) -> Router {
+        let registry = Arc::new(self.registry);
+        let metrics = Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(registry);
+        router
+            .merge(metrics)
+            .layer(axum::middleware::from_fn_with_state(self.http, track))
+            .layer(axum::middleware::from_fn(crate::request_id::middleware))
+    }
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => (
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => crate::ApiError::internal(format!("cannot encode metrics: {e}")).into_response(),
+    }
+}
+
+async fn track(State(http): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // The route pattern, not the path: `/stocks/{name}` stays one series.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    http.latency
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            method: method.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    http.requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Count and time of the sled flushes of a service.
+#[derive(Debug)]
+pub struct FlushMetrics {
+    pub flushes: Counter,
+    pub seconds: Histogram,
+}
+
+impl Default for FlushMetrics {
+    fn default() -> Self {
+        FlushMetrics {
+            flushes: Counter::default(),
+            seconds: latency_histogram(),
+        }
+    }
+}
+
+impl FlushMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sled_flushes",
+            "Flushes of the sled database",
+            self.flushes.clone(),
+        );
+        registry.register(
+            "sled_flush_seconds",
+            "Time of one sled flush",
+            self.seconds.clone(),
+        );
+    }
+
+    /// Flushes `db`, counting and timing it.
+    pub async fn flush(&self, db: &sled::Db) -> sled::Result<usize> {
+        let started = Instant::now();
+        let result = db.flush_async().await;
+        self.flushes.inc();
+        self.seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
