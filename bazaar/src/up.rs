@@ -1,6 +1,7 @@
 //! `bazaar up`: the whole cluster as child processes of this one, stopped
 //! cleanly on Ctrl-C, controllable from another terminal.
 
+use anyhow::Context;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub fn dirs(config_path: &Path) -> (PathBuf, PathBuf) {
 pub async fn up(config_path: &Path) -> anyhow::Result<()> {
     let (log_dir, run_dir) = dirs(config_path);
     std::fs::create_dir_all(&run_dir)?;
+    let generated = ensure_token(config_path)?;
     let mut cluster = Cluster::new(config_path, &log_dir)?;
     let (tx, mut rx) = mpsc::channel(16);
     let socket = control::socket_path(&run_dir);
@@ -34,6 +36,9 @@ pub async fn up(config_path: &Path) -> anyhow::Result<()> {
     if let Err(e) = cluster.start_all().await {
         let _ = cluster.stop_all().await;
         let _ = std::fs::remove_file(&socket);
+        if let Some(file) = &generated {
+            let _ = std::fs::remove_file(file);
+        }
         return Err(e.context("the cluster did not start"));
     }
     print_table(&cluster);
@@ -66,6 +71,9 @@ pub async fn up(config_path: &Path) -> anyhow::Result<()> {
     println!("stopping the cluster ...");
     let result = cluster.stop_all().await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(file) = &generated {
+        let _ = std::fs::remove_file(file);
+    }
     result?;
     println!("stopped; every database was flushed");
     Ok(())
@@ -117,4 +125,36 @@ fn print_table(cluster: &Cluster) {
             cluster.log_path(s).display()
         );
     }
+}
+
+/// Internal endpoints need a shared token. When neither `BAZAAR_TOKEN` nor
+/// the config sets one, `bazaar up` writes a fresh random one (mode 0600)
+/// where every service of this config, and `order dump` & co. from another
+/// terminal, find it. Returns the file to remove on exit.
+fn ensure_token(config_path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let config = common::config::Config::load(config_path)?;
+    let file = common::config::token_file(&config);
+    let configured =
+        std::env::var("BAZAAR_TOKEN").is_ok_and(|t| !t.is_empty()) || config.token.is_some();
+    if configured {
+        return Ok(None);
+    }
+    if common::config::cluster_token(&config).is_none() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let token = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .with_context(|| format!("cannot write the cluster token to {}", file.display()))?;
+        f.write_all(token.as_bytes())?;
+    }
+    Ok(Some(file))
 }

@@ -22,6 +22,9 @@ pub struct Config {
     /// Shared secret for internal endpoints; `None` leaves them open (loopback only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Directory of the config file (not a key of the file).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +106,7 @@ impl Config {
             serde_yaml_ng::from_value(value).map_err(|e| invalid(e.to_string()))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.resolve_paths(&base);
+        config.base_dir = base;
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -203,9 +207,20 @@ pub fn base_url(host: &str, port: u16) -> String {
     }
 }
 
+/// When set (e.g. `BAZAAR_BIND_HOST=0.0.0.0` in a container), the host every
+/// service binds, instead of its configured host, which stays the name its
+/// peers use to reach it. Not a config key: it has no `__`.
+pub const BIND_HOST_ENV: &str = "BAZAAR_BIND_HOST";
+
 /// The address to bind for `host:port`: resolves names like `localhost`, and
-/// names of other hosts in a container network.
+/// names of other hosts in a container network. `BAZAAR_BIND_HOST` replaces
+/// `host` when set: a container reached by its service name binds the
+/// wildcard address, so a new IP after `docker network connect` still works.
 pub async fn bind_addr(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    let bind_host = std::env::var(BIND_HOST_ENV)
+        .ok()
+        .filter(|h| !h.trim().is_empty());
+    let host = bind_host.as_deref().unwrap_or(host);
     let mut addrs = tokio::net::lookup_host((host, port)).await?;
     addrs
         .next()
@@ -266,12 +281,25 @@ fn set_existing(map: &mut Mapping, key: &str, value: Value, var: &str) -> Result
     }
 }
 
-/// Reads the cluster token: `BAZAAR_TOKEN` wins over the config file.
+/// Where `bazaar up` keeps the token it generated for a config's cluster.
+pub fn token_file(config: &Config) -> PathBuf {
+    config.base_dir.join("data/run/token")
+}
+
+/// Reads the cluster token: `BAZAAR_TOKEN`, else the config's `token`, else
+/// the token `bazaar up` generated for this config (so dumps and control
+/// commands from another terminal reach a cluster it runs).
 pub fn cluster_token(config: &Config) -> Option<String> {
     std::env::var("BAZAAR_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
         .or_else(|| config.token.clone())
+        .or_else(|| {
+            std::fs::read_to_string(token_file(config))
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        })
 }
 
 #[cfg(test)]
