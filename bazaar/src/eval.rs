@@ -175,7 +175,7 @@ fn plot_latency(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
         for (cache, p99, color, label) in series {
             let points: Vec<(f64, f64)> = rows
                 .iter()
-                .filter(|r| r.cache == cache)
+                .filter(|r| r.cache == cache && pick(&r.report).count > 0)
                 .map(|r| {
                     let s = pick(&r.report);
                     (r.prob, if p99 { s.p99_ms } else { s.p50_ms })
@@ -202,14 +202,21 @@ fn plot_latency(path: &Path, rows: &[EvalRow]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Samples of the front-end cache, most recently used first.
+/// The cache after each request of a sequential walk.
 pub struct CacheTrace {
-    pub samples: Vec<(f64, Vec<String>)>,
+    /// Per request: the stock asked for, whether it was a trade, and the
+    /// cache contents after it (most recently used first).
+    pub steps: Vec<(String, bool, Vec<String>)>,
     pub stocks: Vec<String>,
 }
 
-/// One sequential client with p=0.2 while `/status` is polled: shows which
-/// stocks the cache holds over time (LRU order, invalidations after trades).
+/// Requests in the cache trace.
+const TRACE_STEPS: usize = 120;
+
+/// One request at a time, reading `/status` after each: which stocks the
+/// cache holds (LRU order), what each lookup evicts, and how a trade drops
+/// its stock. Stocks are drawn with a skew (a few hot ones), the way real
+/// traffic looks, so the hot ones stay cached and the cold ones come and go.
 async fn cache_trace(opts: &EvalOptions) -> anyhow::Result<CacheTrace> {
     let mut scratch = Scratch::start(&ScratchOptions {
         cache_size: opts.cache_size,
@@ -217,41 +224,51 @@ async fn cache_trace(opts: &EvalOptions) -> anyhow::Result<CacheTrace> {
     })
     .await?;
     let base = scratch.frontend_url();
-    let mut config = RunConfig::new(base.clone());
-    config.n_request = 150;
-    config.prob = 0.2;
-    config.clients = 1;
-    config.seed = opts.seed;
-    let stocks = config.stocks.clone();
+    let stocks = client::default_stocks();
     let http = reqwest::Client::new();
-    let load = tokio::spawn(client::run(config));
-    let started = Instant::now();
-    let mut samples = Vec::new();
-    while !load.is_finished() {
-        if let Ok(r) = http.get(format!("{base}/status")).send().await
-            && let Ok(status) = r.json::<common::types::ClusterStatus>().await
-        {
-            samples.push((started.elapsed().as_secs_f64(), status.cache.entries));
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut steps = Vec::with_capacity(TRACE_STEPS);
+    for i in 0..TRACE_STEPS {
+        // Index = floor(n * u^2): low indices are hot.
+        let u: f64 = rng.random();
+        let index = ((u * u) * stocks.len() as f64) as usize;
+        let name = &stocks[index.min(stocks.len() - 1)];
+        let trade = rng.random_bool(0.2);
+        if trade {
+            let body = serde_json::json!({"name": name, "quantity": 1, "type": if i % 2 == 0 { "sell" } else { "buy" }});
+            http.post(format!("{base}/orders"))
+                .json(&body)
+                .send()
+                .await?;
+        } else {
+            http.get(format!("{base}/stocks/{name}")).send().await?;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let status: common::types::ClusterStatus = http
+            .get(format!("{base}/status"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        steps.push((name.clone(), trade, status.cache.entries));
     }
-    load.await??;
     scratch.cluster.stop_all().await?;
-    Ok(CacheTrace { samples, stocks })
+    Ok(CacheTrace { steps, stocks })
 }
 
-/// A dot per cached stock per sample; darker = more recently used.
+/// A bar per cached stock per request (darker = more recently used), a
+/// black dot on the stock each lookup asked for, a red one for trades.
 fn plot_cache(path: &Path, trace: &CacheTrace, capacity: usize) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1200, 420)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let end = trace.samples.last().map_or(1.0, |s| s.0).max(0.01);
+    let end = trace.steps.len() as f64;
     let n = trace.stocks.len();
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "front-end cache contents over time (LRU, {capacity} entries; darker = more recent)"
+                "front-end cache after each request (LRU, {capacity} entries; darker = more recently used; \
+                 dot = lookup, red = trade)"
             ),
-            ("sans-serif", 20),
+            ("sans-serif", 17),
         )
         .margin(12)
         .x_label_area_size(40)
@@ -261,7 +278,7 @@ fn plot_cache(path: &Path, trace: &CacheTrace, capacity: usize) -> anyhow::Resul
     let names = trace.stocks.clone();
     chart
         .configure_mesh()
-        .x_desc("seconds")
+        .x_desc("request")
         .y_labels(n)
         .y_label_formatter(&|y| {
             names
@@ -271,21 +288,40 @@ fn plot_cache(path: &Path, trace: &CacheTrace, capacity: usize) -> anyhow::Resul
                 .map(|(_, name)| name.clone())
                 .unwrap_or_default()
         })
+        .disable_x_mesh()
         .draw()
         .map_err(plot_err)?;
     let index = |name: &str| trace.stocks.iter().position(|s| s == name);
-    let points = trace.samples.iter().flat_map(|(t, entries)| {
-        entries.iter().enumerate().filter_map(move |(rank, name)| {
-            let shade = 1.0 - 0.8 * rank as f64 / capacity.max(1) as f64;
-            index(name).map(|i| {
-                Rectangle::new(
-                    [(*t, i as f64 - 0.3), (*t + end / 600.0, i as f64 + 0.3)],
-                    BLUE.mix(shade).filled(),
-                )
+    let bars = trace
+        .steps
+        .iter()
+        .enumerate()
+        .flat_map(|(step, (_, _, entries))| {
+            entries.iter().enumerate().filter_map(move |(rank, name)| {
+                let shade = 1.0 - 0.75 * rank as f64 / capacity.max(1) as f64;
+                index(name).map(|i| {
+                    Rectangle::new(
+                        [
+                            (step as f64, i as f64 - 0.35),
+                            (step as f64 + 1.0, i as f64 + 0.35),
+                        ],
+                        BLUE.mix(shade).filled(),
+                    )
+                })
             })
-        })
-    });
-    chart.draw_series(points).map_err(plot_err)?;
+        });
+    chart.draw_series(bars).map_err(plot_err)?;
+    let dots = trace
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(step, (name, trade, _))| {
+            index(name).map(|i| {
+                let color = if *trade { RED } else { BLACK };
+                Circle::new((step as f64 + 0.5, i as f64), 3, color.filled())
+            })
+        });
+    chart.draw_series(dots).map_err(plot_err)?;
     root.present().map_err(plot_err)?;
     Ok(())
 }
