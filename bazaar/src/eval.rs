@@ -229,10 +229,11 @@ async fn cache_trace(opts: &EvalOptions) -> anyhow::Result<CacheTrace> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut steps = Vec::with_capacity(TRACE_STEPS);
     for i in 0..TRACE_STEPS {
-        // Index = floor(n * u^2): low indices are hot.
-        let u: f64 = rng.random();
-        let index = ((u * u) * stocks.len() as f64) as usize;
-        let name = &stocks[index.min(stocks.len() - 1)];
+        // The smaller of two uniform draws: low indices are hot.
+        let index = rng
+            .random_range(0..stocks.len())
+            .min(rng.random_range(0..stocks.len()));
+        let name = &stocks[index];
         let trade = rng.random_bool(0.2);
         if trade {
             let body = serde_json::json!({"name": name, "quantity": 1, "type": if i % 2 == 0 { "sell" } else { "buy" }});
