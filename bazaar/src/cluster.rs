@@ -75,6 +75,8 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Extra environment of a service's next start (fault points in tests).
     env: BTreeMap<Service, Vec<(String, String)>>,
+    /// Extra arguments of a service's next start.
+    args: BTreeMap<Service, Vec<String>>,
 }
 
 impl Cluster {
@@ -103,6 +105,7 @@ impl Cluster {
             children: BTreeMap::new(),
             http,
             env: BTreeMap::new(),
+            args: BTreeMap::new(),
         })
     }
 
@@ -158,6 +161,7 @@ impl Cluster {
         for (key, value) in self.env.get(&s).into_iter().flatten() {
             cmd.env(key, value);
         }
+        cmd.args(self.args.get(&s).into_iter().flatten());
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -175,6 +179,12 @@ impl Cluster {
         if let Some(v) = value {
             vars.push((key.to_string(), v.to_string()));
         }
+    }
+
+    /// Sets the extra arguments of the next starts of `s` (empty: none).
+    pub fn set_args(&mut self, s: Service, args: &[&str]) {
+        self.args
+            .insert(s, args.iter().map(ToString::to_string).collect());
     }
 
     /// Waits until `s` answers its health check, failing early if it exits.

@@ -171,3 +171,51 @@ async fn lagging_replica_made_leader_does_not_reuse_numbers() {
     assert_eq!(leader, Some(3));
     assert_converged(&mut t, &expected).await;
 }
+
+/// Window 6: a replica whose sled directory no longer opens refuses to
+/// start with a hint, and `--rebuild` moves the directory aside (keeping
+/// it) and rebuilds the replica from its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_replica_is_rebuilt_from_its_peers() {
+    let mut t = TestCluster::start(ScratchOptions::default()).await;
+    let mut expected = Vec::new();
+    for i in 0..4u64 {
+        assert_eq!(
+            number_of(&t, "AMZN", TradeKind::Buy, 1, &format!("r-{i}")).await,
+            i
+        );
+        expected.push(order(i, "AMZN", TradeKind::Buy, 1));
+    }
+    t.wait_replicas_at(Some(3)).await;
+    let broken = Service::Order(1);
+    t.cluster.stop(broken).await.unwrap();
+    let db = t.cluster.config.order(1).unwrap().db_path.clone();
+    std::fs::write(db.join("conf"), b"not a sled config").unwrap();
+
+    t.cluster.start(broken).unwrap();
+    let err = t
+        .cluster
+        .wait_healthy(broken, Duration::from_secs(20))
+        .await
+        .expect_err("a replica with a broken database must not start");
+    assert!(err.to_string().contains("exited"), "{err:#}");
+    let log = std::fs::read_to_string(t.cluster.log_path(broken)).unwrap();
+    assert!(
+        log.contains("--rebuild"),
+        "the error names the way out: {log}"
+    );
+
+    t.cluster.set_args(broken, &["--rebuild"]);
+    t.cluster.start_and_wait(broken).await.unwrap();
+    t.cluster.set_args(broken, &[]);
+    let kept = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("order-1.moved-")
+        });
+    assert!(kept, "the broken directory is kept aside");
+    assert_converged(&mut t, &expected).await;
+}

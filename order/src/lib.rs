@@ -40,6 +40,11 @@ pub struct Cli {
     /// serves; the flag is accepted for the original command line.
     #[arg(long)]
     pub resume: bool,
+    /// Move this replica's database aside (to `<db_path>.moved-<unix time>`,
+    /// never deleted) and rebuild it from the peers before serving: for a
+    /// sled directory that no longer opens.
+    #[arg(long)]
+    pub rebuild: bool,
     #[command(flatten)]
     pub log: common::telemetry::LogArgs,
     #[command(subcommand)]
@@ -62,13 +67,43 @@ pub fn open(config: &Config, id: u32) -> anyhow::Result<AppState> {
     let me = config
         .order(id)
         .ok_or_else(|| anyhow::anyhow!("no replica with id {id} in the config"))?;
-    let log = store::OrderLog::open(&me.db_path)?;
+    let log = store::OrderLog::open(&me.db_path).map_err(|e| {
+        let hint = if e.to_string().contains("locked") {
+            ""
+        } else {
+            "; to rebuild this replica from its peers, start it with --rebuild \
+             (the old directory is moved aside, not deleted)"
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
     let (tx, rx) = leader::channel();
     let node = Arc::new(node::Node::new(config, id, log, tx)?);
     tokio::spawn(leader::run_sequencer(node.clone(), rx));
     tokio::spawn(leader::run_heartbeat(node.clone()));
     let token = common::config::cluster_token(config).map(Arc::from);
     Ok(AppState { node, token })
+}
+
+/// `--rebuild`: moves the database directory aside so the replica starts
+/// empty and pulls every order from its peers. Returns where it went.
+pub fn move_aside(db_path: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+    if !db_path.exists() {
+        return Ok(None);
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut target = db_path.as_os_str().to_owned();
+    target.push(format!(".moved-{secs}"));
+    let target = PathBuf::from(target);
+    std::fs::rename(db_path, &target).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot move {} aside to {}: {e}",
+            db_path.display(),
+            target.display()
+        )
+    })?;
+    Ok(Some(target))
 }
 
 /// Catches up from the peers, then serves on `listener` until `shutdown`,

@@ -38,6 +38,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         .order(id)
         .ok_or_else(|| anyhow::anyhow!("no replica with id {id} in {}", cli.config.display()))?;
     let listener = common::http::bind(&format!("order replica {id}"), &me.host, me.port).await?;
+    if cli.rebuild
+        && let Some(moved) = order::move_aside(&me.db_path)?
+    {
+        tracing::warn!(id, moved = %moved.display(), "database moved aside; rebuilding from the peers");
+    }
     let state = order::open(&config, id)?;
     tracing::info!(id, addr = %listener.local_addr()?, highest = ?state.node.log.highest(), resume = cli.resume, "order replica starting");
     order::run(listener, state, common::http::shutdown_signal()).await?;
