@@ -76,10 +76,16 @@ impl Catalog {
         let stocks = db.open_tree("stocks")?;
         let applied = db.open_tree("applied")?;
         let meta = db.open_tree("meta")?;
-        let next = match applied.last()? {
-            Some((k, _)) => key_number("applied", &k)? + 1,
-            None => 0,
-        };
+        let next =
+            match applied.last()? {
+                Some((k, _)) => key_number("applied", &k)?.checked_add(1).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        tree: "applied",
+                        message: "the last order number is u64::MAX; no number is left".into(),
+                    }
+                })?,
+                None => 0,
+            };
         let epoch = match meta.get(EPOCH_KEY)? {
             Some(v) => key_number("meta", &v)?,
             None => 0,
@@ -187,6 +193,12 @@ impl Catalog {
         if batch.base != seq.next {
             return Ok(Err(ApplyConflict::Sequence { next: seq.next }));
         }
+        if batch.base.checked_add(batch.trades.len() as u64).is_none() {
+            return Err(StoreError::Corrupt {
+                tree: "applied",
+                message: format!("order numbers from {} are exhausted", batch.base),
+            });
+        }
         let result =
             (&self.stocks, &self.applied, &self.meta).transaction(|(stocks, applied, meta)| {
                 let mut outcomes = Vec::with_capacity(batch.trades.len());
@@ -233,7 +245,8 @@ impl Catalog {
                     };
                     applied.insert(&number.to_be_bytes(), encode(&record))?;
                     outcomes.push(TradeOutcome::Applied { number });
-                    number += 1;
+                    // Checked above: base + batch length fits in a u64.
+                    number = number.saturating_add(1);
                 }
                 meta.insert(EPOCH_KEY, &batch.epoch.to_be_bytes())?;
                 Ok(outcomes)

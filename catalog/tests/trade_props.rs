@@ -434,7 +434,6 @@ fn corrupt_database_files_give_errors_not_panics() {
 /// overflow panic: `Catalog::open` adds 1 to the last key and `apply` adds
 /// 1 to each number it hands out, both unchecked.
 #[test]
-#[ignore = "known bug in catalog/src/store.rs (unchecked `+ 1` in Catalog::open and Catalog::apply); run with --ignored once fixed"]
 fn highest_possible_order_numbers_are_errors_not_panics() {
     let rt = runtime();
     for last in [u64::MAX - 1, u64::MAX] {

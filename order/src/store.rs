@@ -65,10 +65,16 @@ impl OrderLog {
         let orders = db.open_tree("orders")?;
         let keys = db.open_tree("keys")?;
         let meta = db.open_tree("meta")?;
-        let next = match orders.last()? {
-            Some((k, _)) => decode_number("orders", &k)? + 1,
-            None => 0,
-        };
+        let next =
+            match orders.last()? {
+                Some((k, _)) => decode_number("orders", &k)?.checked_add(1).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        tree: "orders",
+                        message: "the last order number is u64::MAX; no number is left".into(),
+                    }
+                })?,
+                None => 0,
+            };
         Ok(OrderLog {
             db,
             orders,
@@ -132,12 +138,21 @@ impl OrderLog {
                 next,
             });
         }
+        let new_next = next
+            .checked_add(fresh.len() as u64)
+            .ok_or_else(|| StoreError::Corrupt {
+                tree: "orders",
+                message: format!("order numbers from {next} are exhausted"),
+            })?;
+        // A sender's gap or repeat is refused, never stored (`next + i`
+        // cannot overflow: it stays below `new_next`).
         for (i, r) in fresh.iter().enumerate() {
-            assert_eq!(
-                r.number,
-                next + i as u64,
-                "records handed to append are contiguous"
-            );
+            if r.number != next + i as u64 {
+                return Err(StoreError::NotContiguous {
+                    first: r.number,
+                    next: next + i as u64,
+                });
+            }
         }
         let result = (&self.orders, &self.keys).transaction(|(orders, keys)| {
             for r in &fresh {
@@ -154,7 +169,6 @@ impl OrderLog {
             Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         }
         crate::metrics::timed_flush(&self.db).await?;
-        let new_next = next + fresh.len() as u64;
         self.next.store(new_next, Ordering::Release);
         crate::metrics::METRICS
             .highest
