@@ -21,3 +21,9 @@ release:
 
 fmt:
 	cargo fmt --all
+
+# Container image for compose.yaml, built from the host's release binaries
+# with nothing pulled (FROM scratch; see docs/DOCKER.md).
+.PHONY: image
+image: release
+	docker/build-image.sh

@@ -29,6 +29,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 if a service answers GET /health within a second, else 1
+    /// (a container health check).
+    Health(Target),
     /// kill -9 a service of the running `bazaar up`.
     Kill(Target),
     /// Start a killed or stopped service again (replicas catch up first).
@@ -338,6 +341,26 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             return Ok(());
+        }
+        Cmd::Health(t) => {
+            let config = Config::load(&cli.config)?;
+            let url = match t.service()? {
+                Service::Catalog => config.catalog_url(),
+                Service::Frontend => config.frontend_url(),
+                Service::Order(id) => config
+                    .order(id)
+                    .map(|o| o.url())
+                    .ok_or_else(|| anyhow::anyhow!("no replica with id {id} in the config"))?,
+            };
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(1))
+                .build()?;
+            let answer = client.get(format!("{url}/health")).send().await;
+            match answer {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => anyhow::bail!("{url}/health answered {}", r.status()),
+                Err(e) => anyhow::bail!("{url}/health: {e}"),
+            }
         }
         Cmd::Kill(t) => (Action::Kill, t),
         Cmd::Resume(t) => (Action::Resume, t),
