@@ -14,52 +14,22 @@
 //! function, hence the temp directory per case. Each property prints its
 //! figures (`cargo test -p catalog --test trade_props -- --nocapture`).
 
-use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use catalog::store::Catalog;
 use common::types::{
     ApplyBatch, ApplyConflict, OrderRecord, TradeCommand, TradeKind, TradeOutcome,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+#[path = "../../common/tests/support/props.rs"]
+mod props;
+use props::check;
 
 const STOCKS: [&str; 2] = ["AAPL", "MSFT"];
 /// A name the catalog does not hold.
 const UNKNOWN: &str = "NOPE";
-
-fn check<S>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S: Strategy,
-    S::Value: Debug,
-{
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let executions = AtomicU64::new(0);
-    let start = Instant::now();
-    let result = runner.run(&strategy, |v| {
-        executions.fetch_add(1, Ordering::Relaxed);
-        test(v)
-    });
-    println!(
-        "property {name}: {} executions in {:.1?}",
-        executions.load(Ordering::Relaxed),
-        start.elapsed()
-    );
-    if let Err(e) = result {
-        panic!("property {name} failed: {e}");
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -443,7 +413,7 @@ fn highest_possible_order_numbers_are_errors_not_panics() {
         });
         let path = dir.path().join("db");
         {
-            let db = sled::open(&path).expect("sled");
+            let db = open_when_unlocked(&path);
             let record = OrderRecord {
                 number: last,
                 name: STOCKS[0].into(),
@@ -461,16 +431,43 @@ fn highest_possible_order_numbers_are_errors_not_panics() {
             db.flush().expect("flush");
         }
         rt.block_on(async {
-            let Ok(c) = Catalog::open(&path) else {
+            let opened = Catalog::open(&path);
+            if last == u64::MAX {
+                let err = opened.err().expect("no number is left after u64::MAX");
+                assert!(err.to_string().contains("u64::MAX"), "{err}");
                 return;
-            };
+            }
+            let c = opened.expect("u64::MAX - 1 leaves one number");
             let (epoch, next) = c.position().await;
+            assert_eq!(next, u64::MAX);
             let batch = ApplyBatch {
                 epoch,
                 base: next,
-                trades: vec![trade(0, true, 1, "after-forged".into())],
+                trades: vec![
+                    trade(0, true, 1, "takes-the-last".into()),
+                    trade(0, true, 1, "one-too-many".into()),
+                ],
             };
+            // Either refused as a whole or applied up to the last number;
+            // what matters is that it returns.
             let _ = c.apply(&batch).await;
         });
+    }
+}
+
+/// Opens the sled directory a just-dropped catalog used. sled releases its
+/// file lock when its background flush work lets go of the database, a
+/// moment after the last handle is dropped, so wait for that (10 s at most).
+fn open_when_unlocked(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "still locked: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled: {e}"),
+        }
     }
 }

@@ -8,10 +8,6 @@
 //! Each property prints how many inputs it ran and how long it took
 //! (`cargo test -p common --test parsing_props -- --nocapture`).
 
-use std::fmt::Debug;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
 use common::storage::decode_u64;
 use common::types::{
     ApplyBatch, LeaderNotice, MAX_IDEMPOTENCY_KEY_LEN, MAX_STOCK_NAME_LEN, MAX_TRADE_QUANTITY,
@@ -19,42 +15,14 @@ use common::types::{
     validate_idempotency_key, validate_stock_name,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+#[path = "support/props.rs"]
+mod props;
+use props::check;
 
 /// Inputs per property: enough to hit every branch many times, few enough
 /// that the whole file runs in a few seconds.
 const CASES: u32 = 2000;
-
-/// Runs `test` on `cases` inputs drawn from `strategy` and prints the figures.
-fn check<S>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) where
-    S: Strategy,
-    S::Value: Debug,
-{
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let executions = AtomicU64::new(0);
-    let start = Instant::now();
-    let result = runner.run(&strategy, |v| {
-        executions.fetch_add(1, Ordering::Relaxed);
-        test(v)
-    });
-    println!(
-        "property {name}: {} executions in {:.1?}",
-        executions.load(Ordering::Relaxed),
-        start.elapsed()
-    );
-    if let Err(e) = result {
-        panic!("property {name} failed: {e}");
-    }
-}
 
 /// The stock-name rule, stated plainly.
 fn name_is_valid(name: &str) -> bool {
