@@ -46,13 +46,47 @@ pub struct Phase {
     pub p50_ratio: f64,
 }
 
-/// Resident memory of a service at the start and end of the trade phases.
+/// Resident memory of a service over the trade phases, sampled every
+/// [`RSS_SAMPLE_EVERY`]: a bounded cache that fills shows as growth in the
+/// first half and none in the second; a leak grows in both.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rss {
     pub service: String,
     pub start_kib: u64,
+    /// At the middle of the trade phases.
+    pub mid_kib: u64,
+    pub peak_kib: u64,
     pub end_kib: u64,
+    /// End over start.
     pub growth_pct: f64,
+    /// End over the middle.
+    pub second_half_growth_pct: f64,
+}
+
+/// How often the trade phases sample each service's RSS.
+pub const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+fn growth_pct(from: u64, to: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    if from == 0 {
+        0.0
+    } else {
+        (to as f64 - from as f64) / from as f64 * 100.0
+    }
+}
+
+/// Samples the RSS of `pids` until `stop` fires; returns the samples in order.
+async fn sample_rss(pids: Vec<u32>, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<Vec<u64>> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(RSS_SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => samples.push(pids.iter().map(|p| rss_kib(*p)).collect()),
+            _ = &mut stop => break,
+        }
+    }
+    samples.push(pids.iter().map(|p| rss_kib(*p)).collect());
+    samples
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -327,7 +361,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         d.min(Duration::from_secs(2)),
     )
     .await;
-    let rss_start: Vec<u64> = pids.iter().map(|(_, p)| rss_kib(*p)).collect();
+    let (stop_sampling, stop) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(sample_rss(pids.iter().map(|(_, p)| *p).collect(), stop));
     phases.push(
         measure(
             "trade",
@@ -339,22 +374,24 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .await,
     );
     phases.push(measure("trade", frontend, Workload::Trades(trade_names), c, d).await);
+    let _ = stop_sampling.send(());
+    let samples = sampler.await?;
     let rss: Vec<Rss> = pids
         .iter()
-        .zip(rss_start)
-        .map(|((service, pid), start)| {
-            let end = rss_kib(*pid);
-            #[allow(clippy::cast_precision_loss)]
-            let growth_pct = if start == 0 {
-                0.0
-            } else {
-                (end as f64 - start as f64) / start as f64 * 100.0
-            };
+        .enumerate()
+        .map(|(i, (service, _))| {
+            let series: Vec<u64> = samples.iter().map(|s| s[i]).collect();
+            let start = series.first().copied().unwrap_or(0);
+            let mid = series.get(series.len() / 2).copied().unwrap_or(0);
+            let end = series.last().copied().unwrap_or(0);
             Rss {
                 service: service.clone(),
                 start_kib: start,
+                mid_kib: mid,
+                peak_kib: series.iter().copied().max().unwrap_or(0),
                 end_kib: end,
-                growth_pct,
+                growth_pct: growth_pct(start, end),
+                second_half_growth_pct: growth_pct(mid, end),
             }
         })
         .collect();

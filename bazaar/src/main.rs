@@ -5,6 +5,10 @@ use bazaar::control::Action;
 use clap::{Parser, Subcommand};
 use common::config::{Config, DEFAULT_CONFIG_PATH};
 
+/// mimalloc: see the workspace Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bazaar",
@@ -106,8 +110,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     for r in &report.rss {
         println!(
-            "rss {:<10} {:>8} KiB -> {:>8} KiB ({:+.1}%) over the trade phases",
-            r.service, r.start_kib, r.end_kib, r.growth_pct
+            "rss {:<10} {:>8} KiB -> {:>8} KiB -> {:>8} KiB (start, middle, end of the trade phases; peak {} KiB): {:+.1}% overall, {:+.1}% in the second half",
+            r.service,
+            r.start_kib,
+            r.mid_kib,
+            r.end_kib,
+            r.peak_kib,
+            r.growth_pct,
+            r.second_half_growth_pct
         );
     }
     Ok(())

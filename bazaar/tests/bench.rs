@@ -33,4 +33,11 @@ async fn every_bench_phase_completes_without_errors() {
         assert!(p.requests > 0, "{p:?}");
     }
     assert_eq!(report.rss.len(), 5);
+    for r in &report.rss {
+        assert!(r.start_kib > 0 && r.mid_kib > 0 && r.end_kib > 0, "{r:?}");
+        assert!(
+            r.peak_kib >= r.start_kib.max(r.mid_kib).max(r.end_kib),
+            "{r:?}"
+        );
+    }
 }

@@ -2,6 +2,10 @@ use catalog::{Cli, Command};
 use clap::Parser;
 use common::config::Config;
 
+/// mimalloc: see the workspace Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();

@@ -2,6 +2,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// mimalloc: see the workspace Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load-generating, self-verifying client of the Stock Bazaar front-end.
 ///
 /// Runs CLIENTS concurrent sessions; each does N iterations of "look up a
