@@ -25,6 +25,15 @@ pub fn current() -> Option<Arc<str>> {
     REQUEST_ID.try_with(Arc::clone).ok()
 }
 
+/// Runs `f` as part of request `id` (for work a request hands to another
+/// task).
+pub fn scope<F: std::future::Future>(
+    id: Arc<str>,
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    REQUEST_ID.scope(id, f)
+}
+
 /// Adds the current request id to an outgoing call.
 pub fn tag(builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     match current() {

@@ -153,6 +153,39 @@ pub struct TradeCommand {
     pub key: String,
 }
 
+/// `POST /orders/batch` on the leader: trades the front-end relays in one
+/// request (every one with its key, so the whole batch can be resent).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TradeBatch {
+    pub trades: Vec<TradeCommand>,
+    /// The front-end's request id of each trade (same order), so the
+    /// leader's log lines of a trade carry the id the caller saw.
+    #[serde(default)]
+    pub request_ids: Vec<String>,
+}
+
+/// Most trades in one [`TradeBatch`].
+pub const MAX_TRADE_BATCH: usize = 256;
+
+/// The leader's answer to a [`TradeBatch`]: one outcome per trade, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TradeBatchResult {
+    pub outcomes: Vec<RelayedTrade>,
+}
+
+/// What became of one relayed trade.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum RelayedTrade {
+    /// Stored on the catalog and every live replica under this number.
+    Committed { transaction_number: u64 },
+    /// Refused for good (4xx: unknown stock, not enough shares, bad field).
+    Refused { code: u16, message: String },
+    /// Not finished (leadership changed, catalog unreachable, queue full):
+    /// the outcome may be unknown, so retry with the same key.
+    Retry { message: String },
+}
+
 /// An order as it is stored and replicated: the public fields plus the
 /// idempotency key that created it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

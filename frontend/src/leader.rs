@@ -14,7 +14,8 @@ use axum::http::StatusCode;
 use common::ApiError;
 use common::config::Config;
 use common::types::{
-    Data, Health, LeaderChange, LeaderNotice, Order, ROLE_HEADER, TradeCommand, TradeReceipt,
+    Data, Health, LeaderChange, LeaderNotice, Order, ROLE_HEADER, RelayedTrade, TradeBatch,
+    TradeBatchResult, TradeCommand, TradeReceipt,
 };
 use futures_util::future::join_all;
 
@@ -317,6 +318,31 @@ impl Leaders {
         })
         .await
         .map(|d: Data<TradeReceipt>| d.data)
+    }
+
+    /// Forwards several trades in one request; one outcome per trade, in
+    /// order. Resending the whole batch is safe: every trade has its key.
+    pub async fn trade_batch(
+        &self,
+        cmds: &[TradeCommand],
+        request_ids: &[String],
+    ) -> Result<Vec<RelayedTrade>, ApiError> {
+        let body = TradeBatch {
+            trades: cmds.to_vec(),
+            request_ids: request_ids.to_vec(),
+        };
+        let body = &body;
+        self.with_leader(|leader| async move {
+            let sent = self
+                .forward
+                .post(format!("{}/orders/batch", leader.url))
+                .json(body)
+                .send()
+                .await;
+            classify(sent, true).await
+        })
+        .await
+        .map(|d: Data<TradeBatchResult>| d.data.outcomes)
     }
 
     pub async fn order(&self, number: u64) -> Result<Order, ApiError> {

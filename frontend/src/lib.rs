@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod leader;
+pub mod relay;
 pub mod routes;
 pub mod status;
 
@@ -42,6 +43,7 @@ pub fn open(config: &Config) -> AppState {
     tokio::spawn(async move { checker.run_health_check(interval).await });
     AppState {
         cache: Arc::new(cache::StockCache::new(config.frontend.cache_size)),
+        relay: relay::TradeRelay::spawn(leaders.clone()),
         leaders,
         catalog: common::http::internal_client(routes::CATALOG_TIMEOUT, token.as_deref()),
         catalog_url: config.catalog_url().into(),

@@ -22,6 +22,8 @@ pub const CATALOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub struct AppState {
     pub cache: Arc<StockCache>,
     pub leaders: Arc<Leaders>,
+    /// Trades go to the leader through here, batched when they overlap.
+    pub relay: crate::relay::TradeRelay,
     pub catalog: reqwest::Client,
     pub catalog_url: Arc<str>,
     pub token: Option<Arc<str>>,
@@ -123,9 +125,10 @@ async fn trade(
         quantity: req.quantity,
         key,
     };
-    let result = s.leaders.trade(&cmd).await;
+    let name = cmd.name.clone();
+    let result = s.relay.trade(cmd).await;
     // Whatever happened, the catalog may have changed: read-your-writes.
-    s.cache.invalidate(&cmd.name);
+    s.cache.invalidate(&name);
     Ok(Json(Data::new(result?)))
 }
 

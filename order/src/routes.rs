@@ -1,5 +1,6 @@
 //! HTTP routes of an order replica. `GET /health` is open; everything else
 //! is internal (cluster token): `POST /orders` (trade, leader only),
+//! `POST /orders/batch` (trades the front-end relays together, leader only),
 //! `GET /orders/{n}`, `GET /synchronize`, `GET /log`, `POST /propagate`,
 //! `POST /leader`.
 
@@ -11,8 +12,8 @@ use axum::{Json, Router};
 use common::ApiError;
 use common::http::JsonBody;
 use common::types::{
-    Data, Health, LeaderNotice, Order, OrderRecord, Propagate, RangeQuery, SyncInfo, TradeCommand,
-    TradeReceipt,
+    Data, Health, LeaderNotice, MAX_TRADE_BATCH, Order, OrderRecord, Propagate, RangeQuery,
+    RelayedTrade, SyncInfo, TradeBatch, TradeBatchResult, TradeCommand, TradeReceipt,
 };
 use tokio::sync::oneshot;
 
@@ -29,6 +30,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route("/orders", post(place))
+        .route("/orders/batch", post(place_batch))
         .route("/orders/{number}", get(query))
         .route("/synchronize", get(synchronize))
         .route("/log", get(log_range))
@@ -52,22 +54,34 @@ async fn synchronize(State(s): State<AppState>) -> Json<SyncInfo> {
     })
 }
 
+/// The checks a trade passes before it is queued.
+fn check_trade(cmd: &TradeCommand) -> Result<(), ApiError> {
+    common::types::validate_stock_name(&cmd.name).map_err(ApiError::bad_request)?;
+    if cmd.key.is_empty() || cmd.key.len() > common::types::MAX_INTERNAL_KEY_LEN {
+        return Err(ApiError::bad_request("trade key missing or too long"));
+    }
+    if !(1..=common::types::MAX_TRADE_QUANTITY).contains(&cmd.quantity) {
+        return Err(ApiError::bad_request("quantity out of range"));
+    }
+    Ok(())
+}
+
+/// Only the leader takes trades; the role rides on the error so the
+/// front-end knows whether to wait or select again.
+fn require_leader(node: &Node) -> Result<(), OrderError> {
+    match node.role().role {
+        Role::Leader => Ok(()),
+        Role::CatchingUp => Err(OrderError::CatchingUp),
+        Role::Follower { .. } => Err(OrderError::NotLeader),
+    }
+}
+
 async fn place(
     State(s): State<AppState>,
     JsonBody(cmd): JsonBody<TradeCommand>,
 ) -> Result<Json<Data<TradeReceipt>>, OrderError> {
-    common::types::validate_stock_name(&cmd.name).map_err(ApiError::bad_request)?;
-    if cmd.key.is_empty() || cmd.key.len() > common::types::MAX_INTERNAL_KEY_LEN {
-        return Err(ApiError::bad_request("trade key missing or too long").into());
-    }
-    if !(1..=common::types::MAX_TRADE_QUANTITY).contains(&cmd.quantity) {
-        return Err(ApiError::bad_request("quantity out of range").into());
-    }
-    match s.node.role().role {
-        Role::Leader => {}
-        Role::CatchingUp => return Err(OrderError::CatchingUp),
-        Role::Follower { .. } => return Err(OrderError::NotLeader),
-    }
+    check_trade(&cmd)?;
+    require_leader(&s.node)?;
     let (tx, rx) = oneshot::channel();
     let key = cmd.key.clone();
     s.node
@@ -83,6 +97,75 @@ async fn place(
     Ok(Json(Data::new(TradeReceipt {
         transaction_number: number,
     })))
+}
+
+/// Queues every trade of the batch at once (the sequencer commits them
+/// together with whatever else is queued) and answers one outcome each.
+async fn place_batch(
+    State(s): State<AppState>,
+    JsonBody(batch): JsonBody<TradeBatch>,
+) -> Result<Json<Data<TradeBatchResult>>, OrderError> {
+    if batch.trades.is_empty() || batch.trades.len() > MAX_TRADE_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {MAX_TRADE_BATCH} trades, got {}",
+            batch.trades.len()
+        ))
+        .into());
+    }
+    require_leader(&s.node)?;
+    let keys: Vec<String> = batch.trades.iter().map(|c| c.key.clone()).collect();
+    let queued: Vec<Result<oneshot::Receiver<_>, RelayedTrade>> = batch
+        .trades
+        .into_iter()
+        .map(|cmd| {
+            if let Err(e) = check_trade(&cmd) {
+                return Err(RelayedTrade::Refused {
+                    code: e.status.as_u16(),
+                    message: e.message,
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            s.node
+                .sequencer
+                .try_send(Pending { cmd, reply: tx })
+                .map(|()| rx)
+                .map_err(|_| RelayedTrade::Retry {
+                    message: "the leader's trade queue is full; retry later".into(),
+                })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(queued.len());
+    for (i, q) in queued.into_iter().enumerate() {
+        outcomes.push(match q {
+            Err(outcome) => outcome,
+            Ok(rx) => match rx.await {
+                Ok(Ok(number)) => {
+                    tracing::debug!(
+                        number,
+                        key = %keys[i],
+                        request_id = batch.request_ids.get(i).map_or("", String::as_str),
+                        "trade committed"
+                    );
+                    RelayedTrade::Committed {
+                        transaction_number: number,
+                    }
+                }
+                Ok(Err(OrderError::Api(e))) if e.status.is_client_error() => {
+                    RelayedTrade::Refused {
+                        code: e.status.as_u16(),
+                        message: e.message,
+                    }
+                }
+                Ok(Err(e)) => RelayedTrade::Retry {
+                    message: e.to_string(),
+                },
+                Err(_) => RelayedTrade::Retry {
+                    message: "the sequencer stopped".into(),
+                },
+            },
+        });
+    }
+    Ok(Json(Data::new(TradeBatchResult { outcomes })))
 }
 
 async fn query(

@@ -1,0 +1,138 @@
+//! Relays trades to the leader in batches: concurrent trades share one
+//! `POST /orders/batch` instead of one request each, which saves a request
+//! parse, a response and a loopback round trip per trade on both sides.
+//! Nothing waits to fill a batch: a trade goes out with whatever else is
+//! queued at that moment, so a lone trade costs what it did before.
+//!
+//! Every trade carries its idempotency key, so a batch the leader may or may
+//! not have committed is simply resent, and a trade the leader could not
+//! finish falls back to the single-trade path with its failover and retry
+//! rules; a retry then returns the number of the first attempt.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use common::ApiError;
+use common::types::{MAX_TRADE_BATCH, RelayedTrade, TradeCommand, TradeReceipt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::leader::Leaders;
+
+/// Trades waiting for a batch; when full, a trade takes the single path.
+const QUEUE: usize = 4096;
+/// Batches in flight to the leader at once: enough to keep its sequencer
+/// busy while the answer to the previous batch travels back.
+const IN_FLIGHT: usize = 4;
+
+type Reply = oneshot::Sender<Result<TradeReceipt, ApiError>>;
+
+/// A trade waiting for its batch: the command, the request id it came
+/// with, and where its answer goes.
+type Queued = (TradeCommand, Option<Arc<str>>, Reply);
+
+#[derive(Clone)]
+pub struct TradeRelay {
+    leaders: Arc<Leaders>,
+    tx: mpsc::Sender<Queued>,
+}
+
+impl TradeRelay {
+    /// Starts the batching task.
+    pub fn spawn(leaders: Arc<Leaders>) -> TradeRelay {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(rx, leaders.clone()));
+        TradeRelay { leaders, tx }
+    }
+
+    /// Commits `cmd` through the leader.
+    pub async fn trade(&self, cmd: TradeCommand) -> Result<TradeReceipt, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let id = common::request_id::current();
+        match self.tx.try_send((cmd, id, reply)) {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(ApiError::unavailable("the trade relay stopped"))),
+            Err(
+                mpsc::error::TrySendError::Full((cmd, ..))
+                | mpsc::error::TrySendError::Closed((cmd, ..)),
+            ) => self.leaders.trade(&cmd).await,
+        }
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Queued>, leaders: Arc<Leaders>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a slot lets more trades queue behind `first`.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_TRADE_BATCH {
+            match rx.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
+        let leaders = leaders.clone();
+        tokio::spawn(async move {
+            relay(&leaders, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn relay(leaders: &Arc<Leaders>, batch: Vec<Queued>) {
+    let cmds: Vec<TradeCommand> = batch.iter().map(|(c, ..)| c.clone()).collect();
+    let ids: Vec<String> = batch
+        .iter()
+        .map(|(_, id, _)| id.as_deref().unwrap_or("").to_string())
+        .collect();
+    let outcomes = match leaders.trade_batch(&cmds, &ids).await {
+        Ok(o) if o.len() == batch.len() => o,
+        Ok(o) => {
+            tracing::warn!(
+                sent = batch.len(),
+                answered = o.len(),
+                "the leader answered a batch with the wrong number of outcomes; retrying each trade"
+            );
+            batch
+                .iter()
+                .map(|_| RelayedTrade::Retry {
+                    message: "short batch answer".into(),
+                })
+                .collect()
+        }
+        Err(e) => {
+            for (.., reply) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for ((cmd, id, reply), outcome) in batch.into_iter().zip(outcomes) {
+        match outcome {
+            RelayedTrade::Committed { transaction_number } => {
+                let _ = reply.send(Ok(TradeReceipt { transaction_number }));
+            }
+            RelayedTrade::Refused { code, message } => {
+                let status = StatusCode::from_u16(code)
+                    .ok()
+                    .filter(StatusCode::is_client_error)
+                    .unwrap_or(StatusCode::CONFLICT);
+                let _ = reply.send(Err(ApiError::new(status, message)));
+            }
+            RelayedTrade::Retry { message } => {
+                tracing::debug!(key = %cmd.key, reason = %message, "relayed trade not finished; retrying it alone");
+                let leaders = leaders.clone();
+                let retry = async move {
+                    let _ = reply.send(leaders.trade(&cmd).await);
+                };
+                match id {
+                    Some(id) => tokio::spawn(common::request_id::scope(id, retry)),
+                    None => tokio::spawn(retry),
+                };
+            }
+        }
+    }
+}
