@@ -102,8 +102,16 @@ impl Config {
         for (key, raw) in overrides {
             apply_override(&mut value, &key, &raw).map_err(invalid)?;
         }
-        let mut config: Config =
-            serde_yaml_ng::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            // Name the key whose value is wrong: `frontend.port: invalid type ...`.
+            let at = e.path().to_string();
+            let cause = e.into_inner();
+            invalid(if at == "." {
+                cause.to_string()
+            } else {
+                format!("{at}: {cause}")
+            })
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.resolve_paths(&base);
         config.base_dir = base;
@@ -355,6 +363,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("70000"), "{e}");
+        let e = parse(&SHIPPED.replace("16008", "abc"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("orders[2].port: invalid type"), "{e}");
+        let e = parse(&SHIPPED.replace("cache_size: 5", "cache_size: -3"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("frontend.cache_size: invalid value"), "{e}");
         let e = parse("catalog: [", &[]).unwrap_err().to_string();
         assert!(e.starts_with("invalid config"), "{e}");
     }
