@@ -108,7 +108,8 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
     // One miss fills the cache, nine hits; the 404 is a miss too.
     assert_eq!(delta("bazaar_cache_hits_total", &[]), 9.0);
     assert_eq!(delta("bazaar_cache_misses_total", &[]), 2.0);
-    assert!(delta("bazaar_cache_invalidations_total", &[]) >= 1.0);
+    // The first trade drops the cached AMD; the others find nothing to drop.
+    assert_eq!(delta("bazaar_cache_invalidations_total", &[]), 1.0);
     assert_eq!(after.value("bazaar_leader_id", &[]), 3.0);
 
     let leader = Scrape::of(&t, Service::Order(3)).await;

@@ -49,7 +49,7 @@ impl CacheStats {
         );
         registry.register(
             "cache_invalidations",
-            "Stocks dropped from the cache after a trade",
+            "Cached stocks dropped after a trade",
             self.invalidations.clone(),
         );
     }
@@ -148,8 +148,11 @@ impl StockCache {
             if g.recent.len() > RECENT_INVALIDATIONS {
                 g.recent.pop_front();
             }
-            g.lru.pop(name);
-            self.stats.invalidations.inc();
+            // Counted only when a cached stock goes: each trade is
+            // invalidated twice (by the relay and by the catalog's notice).
+            if g.lru.pop(name).is_some() {
+                self.stats.invalidations.inc();
+            }
         }
     }
 
