@@ -278,4 +278,50 @@ async fn follower_resumes_and_all_dumps_are_identical() {
     );
     assert_contiguous(&stopped[0]);
     assert_conservation(&t.cluster.dump_catalog().unwrap(), &stopped[0], 100);
+
+    // The flags may come before or after `dump`; bad combinations are one
+    // clear line, never a dump of the wrong replica.
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(t.cluster.bin(bin))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let config = t.cluster.config_path.to_str().unwrap();
+    let contract = run("order", &["dump", "--config", config, "--id", "2"]);
+    assert_eq!(contract.0, Some(0), "{}", contract.2);
+    assert_eq!(contract.1.lines().count(), 35);
+    assert_eq!(
+        run("order", &["--config", config, "--id", "2", "dump"]).1,
+        contract.1
+    );
+    assert_eq!(
+        run("order", &["--config", config, "dump", "--id", "2"]).1,
+        contract.1
+    );
+    let catalog = run("catalog", &["dump", "--config", config]);
+    assert_eq!(catalog.0, Some(0), "{}", catalog.2);
+    assert_eq!(run("catalog", &["--config", config, "dump"]).1, catalog.1);
+    for (args, needle) in [
+        (
+            vec!["--config", config, "--id", "1", "dump", "--id", "2"],
+            "two replica ids",
+        ),
+        (vec!["--config", config, "dump"], "dump needs --id"),
+        (
+            vec!["--config", config, "--resume", "dump", "--id", "1"],
+            "only reads",
+        ),
+    ] {
+        let (code, stdout, stderr) = run("order", &args);
+        assert_eq!(code, Some(1), "order {args:?}: {stderr}");
+        assert!(stdout.is_empty(), "order {args:?} printed {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "order {args:?}: {stderr}");
+        assert!(stderr.contains(needle), "order {args:?}: {stderr}");
+    }
 }

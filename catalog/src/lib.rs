@@ -19,12 +19,7 @@ pub use routes::{AppState, router};
 pub use store::Catalog;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "catalog",
-    version,
-    about = "Stock Bazaar catalog service",
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "catalog", version, about = "Stock Bazaar catalog service")]
 pub struct Cli {
     /// Path of config.yaml.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH, global = true)]

@@ -23,12 +23,7 @@ use tokio::net::TcpListener;
 pub use routes::{AppState, router};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "order",
-    version,
-    about = "Stock Bazaar order replica",
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "order", version, about = "Stock Bazaar order replica")]
 pub struct Cli {
     /// Path of config.yaml.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH, global = true)]
@@ -55,9 +50,9 @@ pub struct Cli {
 pub enum Command {
     /// Print every order of a replica as JSON lines, ascending by number.
     Dump {
-        /// Replica id.
+        /// Replica id (may also be given before `dump`).
         #[arg(long)]
-        id: u32,
+        id: Option<u32>,
     },
 }
 

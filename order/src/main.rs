@@ -23,6 +23,17 @@ async fn main() {
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     if let Some(Command::Dump { id }) = cli.command {
+        // `order dump --id N` and `order --id N dump` both name the replica.
+        let id = match (id, cli.id) {
+            (Some(a), Some(b)) if a != b => {
+                anyhow::bail!("two replica ids given (--id {b} and dump --id {a}); give one")
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => anyhow::bail!("dump needs --id N (one of the ids under `orders`)"),
+        };
+        if cli.resume || cli.rebuild {
+            anyhow::bail!("--resume and --rebuild start a replica; `order dump` only reads");
+        }
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         order::dump(&config, id, |o| {
             writeln!(
