@@ -606,6 +606,42 @@ async fn verify(
     (recorder, mismatches, unverified, examples)
 }
 
+/// How long a run waits for the front-end to accept connections at all
+/// before giving up (a cluster that is still starting gets this long).
+const REACHABLE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Fails fast when nothing answers at the front-end's address, instead of
+/// retrying every request for the whole retry window. Any HTTP answer counts.
+async fn wait_reachable(api: &Api, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        match api.http.get(format!("{}/health", api.base)).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "cannot reach the front-end at {} ({}); is the cluster running? (`bazaar up`)",
+                    api.base,
+                    error_chain(&e)
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// An error and its causes on one line (reqwest's own message omits the
+/// cause, e.g. "Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Runs the load, then verifies every acknowledged trade.
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     config.validate()?;
@@ -620,6 +656,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         base: config.base_url.trim_end_matches('/').to_string(),
         retry_for: config.retry_for,
     });
+    wait_reachable(&api, config.retry_for.min(REACHABLE_WITHIN)).await?;
     let config = Arc::new(config);
     let run_id: u64 = rand::random();
 

@@ -24,6 +24,9 @@ struct Faults {
     reuse_numbers: bool,
     /// Every buy is refused with 409.
     refuse_buys: bool,
+    /// Every lookup and trade is answered with 503 (the cluster is down
+    /// behind a live front-end).
+    unavailable: bool,
 }
 
 #[derive(Default)]
@@ -46,7 +49,11 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 async fn lookup(State(fake): State<Shared>, Path(name): Path<String>) -> Response {
-    fake.lock().unwrap().lookups += 1;
+    let mut f = fake.lock().unwrap();
+    f.lookups += 1;
+    if f.faults.unavailable {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no leader");
+    }
     if name == "NOPE" {
         return error(StatusCode::NOT_FOUND, "unknown stock");
     }
@@ -69,6 +76,9 @@ async fn trade(
         *n += 1;
         *n
     };
+    if fake.faults.unavailable {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no leader");
+    }
     if fake.faults.refuse_buys && body["type"] == "buy" {
         return error(StatusCode::CONFLICT, "not enough stock");
     }
@@ -253,13 +263,13 @@ async fn refusals_are_counted_apart_from_errors() {
 }
 
 #[tokio::test]
-async fn an_unreachable_front_end_is_an_error_not_a_hang() {
-    // Bind and drop a listener to get a port nobody listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut c = config(&format!("http://127.0.0.1:{port}"), 3, 1.0, 1);
+async fn a_cluster_down_behind_the_front_end_is_counted_as_errors_not_a_hang() {
+    let (base, _fake) = start(Faults {
+        unavailable: true,
+        ..Faults::default()
+    })
+    .await;
+    let mut c = config(&base, 3, 1.0, 1);
     c.retry_for = Duration::from_millis(300);
     let report = client::run(c).await.unwrap();
     assert_eq!(report.lookup.errors, 3);
@@ -299,4 +309,22 @@ fn the_binary_prints_json_and_exits_1_on_a_mismatch() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prob"));
     drop(rt);
+}
+
+#[tokio::test]
+async fn nothing_listening_is_one_clear_error_not_a_long_run_of_retries() {
+    // A port that was free a moment ago: connections are refused.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut c = config(&format!("http://{addr}"), 5, 0.5, 1);
+    c.retry_for = Duration::from_secs(1);
+    let e = tokio::time::timeout(Duration::from_secs(30), client::run(c))
+        .await
+        .expect("the client gives up instead of retrying every request")
+        .expect_err("no front-end, no report");
+    let e = format!("{e:#}");
+    assert!(e.contains("cannot reach the front-end"), "{e}");
+    assert!(e.to_lowercase().contains("refused"), "{e}");
 }
