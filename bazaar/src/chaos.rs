@@ -48,6 +48,8 @@ pub struct ChaosReport {
     pub trades_unknown_outcome: u64,
     pub failed_requests: u64,
     pub lookups_checked_for_staleness: u64,
+    /// Faults of the leader whose failover was measured.
+    pub leader_faults: u64,
     /// Longest trade latency around each fault of the leader.
     pub failover_p50_ms: f64,
     pub failover_p99_ms: f64,
@@ -342,6 +344,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         trades_unknown_outcome: unknown.len() as u64,
         failed_requests: report.lookup.errors + report.trade.errors + report.query.errors,
         lookups_checked_for_staleness: checker.checked,
+        leader_faults: failover.len() as u64,
         failover_p50_ms: crate::eval::nearest_rank(&failover, 50),
         failover_p99_ms: crate::eval::nearest_rank(&failover, 99),
         orders_in_log,

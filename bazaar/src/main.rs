@@ -76,7 +76,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         "--connections must be in 1..=1024"
     );
     let report = bazaar::bench::run(&bazaar::bench::BenchOptions {
-        duration: seconds("--duration-s", args.duration_s)?,
+        duration: positive_seconds("--duration-s", args.duration_s)?,
         connections: args.connections,
     })
     .await?;
@@ -148,18 +148,25 @@ async fn chaos(args: &ChaosArgs) -> anyhow::Result<()> {
         "--clients must be in 1..=256"
     );
     let report = bazaar::chaos::run(&bazaar::chaos::ChaosOptions {
-        duration: seconds("--duration-s", args.duration_s)?,
+        duration: positive_seconds("--duration-s", args.duration_s)?,
         seed: args.seed,
         clients: args.clients,
-        fault_every: seconds("--fault-every-s", args.fault_every_s)?,
+        fault_every: positive_seconds("--fault-every-s", args.fault_every_s)?,
     })
     .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let kinds: Vec<String> = report
+            .faults_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
         println!(
-            "seed {}: {} faults {:?}",
-            report.seed, report.faults_injected, report.faults_by_kind
+            "seed {}: {} faults ({})",
+            report.seed,
+            report.faults_injected,
+            kinds.join(", ")
         );
         println!(
             "trades acknowledged {}, unknown outcome {}, failed client requests {}, lookups checked {}",
@@ -168,11 +175,21 @@ async fn chaos(args: &ChaosArgs) -> anyhow::Result<()> {
             report.failed_requests,
             report.lookups_checked_for_staleness
         );
-        println!(
-            "failover p50 {:.1} ms, p99 {:.1} ms; orders in the log {}",
-            report.failover_p50_ms, report.failover_p99_ms, report.orders_in_log
-        );
-        println!("violations: {:?}", report.violations);
+        if report.leader_faults == 0 {
+            println!(
+                "failover: no fault of the leader in this run; orders in the log {}",
+                report.orders_in_log
+            );
+        } else {
+            println!(
+                "failover after {} faults of the leader: p50 {:.1} ms, p99 {:.1} ms; orders in the log {}",
+                report.leader_faults,
+                report.failover_p50_ms,
+                report.failover_p99_ms,
+                report.orders_in_log
+            );
+        }
+        println!("violations: {}", report.violations);
         for e in &report.examples {
             println!("  {e}");
         }
@@ -232,11 +249,20 @@ fn seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs_f64(s))
 }
 
+/// A run length or a period: zero would run nothing, or fault without pause.
+fn positive_seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(
+        s.is_finite() && s > 0.0 && s <= 86_400.0,
+        "{what} must be in (0, 86400] seconds, got {s}"
+    );
+    Ok(std::time::Duration::from_secs_f64(s))
+}
+
 async fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     if args.failover {
         let report = bazaar::eval::failover(&bazaar::eval::FailoverOptions {
-            duration: seconds("--duration-s", args.duration_s)?,
-            kill_every: seconds("--kill-every-s", args.kill_every_s)?,
+            duration: positive_seconds("--duration-s", args.duration_s)?,
+            kill_every: positive_seconds("--kill-every-s", args.kill_every_s)?,
             down_for: seconds("--down-for-s", args.down_for_s)?,
             clients: args.clients,
             prob: 0.5,
@@ -261,7 +287,7 @@ async fn eval(args: &EvalArgs) -> anyhow::Result<()> {
                 report.trade_p99_ms
             );
             println!(
-                "replicas identical: {}; violations: {:?}",
+                "replicas identical: {}; violations: {}",
                 report.replicas_identical, report.verdict.violations
             );
             for e in &report.verdict.examples {

@@ -43,6 +43,22 @@ impl Violations {
     }
 }
 
+impl std::fmt::Display for Violations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "lost {}, duplicates {}, divergent replicas {}, gaps {}, unmatched orders {}, conservation {}, stale lookups {}",
+            self.lost,
+            self.duplicates,
+            self.divergent_replicas,
+            self.gaps,
+            self.unmatched_orders,
+            self.conservation,
+            self.stale_lookups
+        )
+    }
+}
+
 /// What the checks found, with examples of the first violations.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
