@@ -1,5 +1,6 @@
 //! `/metrics` moves by exactly the traffic sent; `/status` follows a
-//! failover; request ids come back in the response.
+//! failover; request ids come back in the response, and one trade is
+//! followed by its request id through the leader's log to the catalog's.
 
 mod support;
 
@@ -208,4 +209,82 @@ async fn request_ids_are_echoed_or_assigned() {
         .unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 16, "a fresh id: {id}");
+}
+
+/// Lines of a service's log file that contain every one of `needles`.
+fn log_lines(t: &TestCluster, service: Service, needles: &[&str]) -> Vec<String> {
+    std::fs::read_to_string(t.cluster.log_path(service))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trade_is_followed_from_its_request_id_to_the_catalog() {
+    let debug = "info,order=debug,catalog=debug";
+    let t = TestCluster::start_with_env(
+        ScratchOptions::default(),
+        &[
+            (Service::Order(3), "RUST_LOG", debug),
+            (Service::Catalog, "RUST_LOG", debug),
+        ],
+    )
+    .await;
+    let (status, body) = t
+        .post(
+            "/orders",
+            r#"{"name":"AMD","quantity":2,"type":"buy"}"#,
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "follow-key-1"),
+                ("x-request-id", "follow-me-1"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let number = body["data"]["transaction_number"]
+        .as_u64()
+        .expect("a number");
+
+    // The leader logs the committed trade with the caller's request id,
+    // its key and its number ...
+    let committed = format!("number={number}");
+    wait_until(
+        "the leader's line for request follow-me-1",
+        Duration::from_secs(10),
+        || {
+            let found = !log_lines(
+                &t,
+                Service::Order(3),
+                &["trade committed", "follow-me-1", "follow-key-1", &committed],
+            )
+            .is_empty();
+            async move { found }
+        },
+    )
+    .await;
+    // ... and which catalog batch carried that key ...
+    let sent = log_lines(
+        &t,
+        Service::Order(3),
+        &["sending a batch to the catalog", "follow-key-1"],
+    );
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let batch = sent[0]
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == '}' || c == '{')
+        .find_map(|w| w.strip_prefix("batch=").filter(|b| b.starts_with("batch-")))
+        .unwrap_or_else(|| panic!("no batch id in {:?}", sent[0]))
+        .to_string();
+    // ... under whose id the catalog applied it.
+    wait_until(
+        &format!("the catalog's line for {batch}"),
+        Duration::from_secs(10),
+        || {
+            let found = !log_lines(&t, Service::Catalog, &["batch applied", &batch]).is_empty();
+            async move { found }
+        },
+    )
+    .await;
 }
