@@ -742,6 +742,10 @@ fn verdict(case: &Case, reply: &Result<Reply, String>) -> Option<String> {
     if body["error"]["code"].as_u64() != Some(u64::from(r.status)) || !message_ok {
         return Some(format!("not the contract's error JSON: {body}"));
     }
+    // A caller's mistake is named, not answered with the bare reason phrase.
+    if r.status == 400 && body["error"]["message"] == "Bad Request" {
+        return Some(format!("a 400 that does not say what is wrong: {body}"));
+    }
     None
 }
 

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::ApiError;
-use common::http::JsonBody;
+use common::http::{JsonBody, PathParam, QueryParams};
 use common::types::{
     ApplyBatch, ApplyResult, ConflictBody, Data, Fence, FenceResult, Health, RangeQuery, Stock,
     TradeOutcome,
@@ -60,7 +60,7 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
 
 async fn lookup(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<Data<Stock>>, ApiError> {
     common::types::validate_stock_name(&name).map_err(ApiError::bad_request)?;
     match s.catalog.get(&name).map_err(store_error)? {
@@ -123,7 +123,7 @@ async fn fence(
 
 async fn applied(
     State(s): State<AppState>,
-    Query(q): Query<RangeQuery>,
+    QueryParams(q): QueryParams<RangeQuery>,
 ) -> Result<Response, ApiError> {
     let records = s
         .catalog

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::ApiError;
-use common::http::JsonBody;
+use common::http::{JsonBody, PathParam};
 use common::types::{
     Data, Health, IDEMPOTENCY_HEADER, Order, Stock, TradeCommand, TradeReceipt, TradeRequest,
 };
@@ -60,7 +60,7 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
 
 async fn lookup(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<Data<Stock>>, ApiError> {
     common::types::validate_stock_name(&name).map_err(ApiError::bad_request)?;
     if let Some(stock) = s.cache.get(&name) {
@@ -134,7 +134,7 @@ async fn trade(
 
 async fn order(
     State(s): State<AppState>,
-    Path(number): Path<String>,
+    PathParam(number): PathParam<String>,
 ) -> Result<Json<Data<Order>>, ApiError> {
     let n: u64 = number.parse().map_err(|_| {
         ApiError::bad_request(format!(
@@ -146,7 +146,7 @@ async fn order(
 
 async fn invalidation(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Json<Data<&'static str>> {
     s.cache.invalidate(&name);
     Json(Data::new("invalidated"))

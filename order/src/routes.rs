@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::ApiError;
-use common::http::JsonBody;
+use common::http::{JsonBody, PathParam, QueryParams};
 use common::types::{
     Data, Health, LeaderNotice, MAX_TRADE_BATCH, Order, OrderRecord, Propagate, RangeQuery,
     RelayedTrade, SyncInfo, TradeBatch, TradeBatchResult, TradeCommand, TradeReceipt,
@@ -170,7 +170,7 @@ async fn place_batch(
 
 async fn query(
     State(s): State<AppState>,
-    Path(number): Path<String>,
+    PathParam(number): PathParam<String>,
 ) -> Result<Json<Data<Order>>, OrderError> {
     let n: u64 = number.parse().map_err(|_| {
         ApiError::bad_request(format!(
@@ -186,7 +186,7 @@ async fn query(
 
 async fn log_range(
     State(s): State<AppState>,
-    Query(q): Query<RangeQuery>,
+    QueryParams(q): QueryParams<RangeQuery>,
 ) -> Result<Json<Vec<OrderRecord>>, OrderError> {
     Ok(Json(s.node.log.range(q.from, q.limit)?))
 }
