@@ -263,6 +263,18 @@ impl Cluster {
         self.signal(s, Signal::SIGSTOP)
     }
 
+    /// Is `s` frozen by SIGSTOP (state `T` in `/proc/<pid>/stat`)?
+    pub fn is_paused(&self, s: Service) -> bool {
+        let Some(pid) = self.pid(s) else { return false };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next().map(|state| state == "T")
+            })
+            .unwrap_or(false)
+    }
+
     /// SIGCONT after [`pause`](Self::pause).
     pub fn resume(&self, s: Service) -> anyhow::Result<()> {
         self.signal(s, Signal::SIGCONT)

@@ -29,6 +29,8 @@ pub enum Action {
     Continue,
     /// Start again (replicas with `--resume`) and wait until healthy.
     Resume,
+    /// Report `running`, `paused` or `exited` (for `bazaar status`).
+    State,
 }
 
 impl Action {
@@ -39,6 +41,7 @@ impl Action {
             Action::Pause => "pause",
             Action::Continue => "continue",
             Action::Resume => "resume",
+            Action::State => "state",
         }
     }
     fn parse(w: &str) -> Option<Action> {
@@ -48,6 +51,7 @@ impl Action {
             Action::Pause,
             Action::Continue,
             Action::Resume,
+            Action::State,
         ]
         .into_iter()
         .find(|a| a.word() == w)

@@ -367,11 +367,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 bazaar::status::collect(&config),
                 bazaar::status::frontend_view(&config)
             );
+            let (_, run_dir) = bazaar::up::dirs(&cli.config);
+            let paused = bazaar::status::paused(&run_dir, &rows).await;
             if *json {
-                let out = serde_json::json!({"services": rows, "frontend": view});
+                let out = serde_json::json!({"services": rows, "paused": paused, "frontend": view});
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                bazaar::status::print_table(&rows);
+                bazaar::status::print_table(&rows, &paused);
                 if let Some(view) = &view {
                     bazaar::status::print_frontend_view(view);
                 }

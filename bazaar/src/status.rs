@@ -45,9 +45,26 @@ pub async fn collect(config: &Config) -> Vec<ServiceStatus> {
     futures_util::future::join_all(probes).await
 }
 
-pub fn print_table(rows: &[ServiceStatus]) {
+/// Services of a running `bazaar up` that are frozen (SIGSTOP): a paused
+/// process answers nothing, so the probes alone would call it down. Empty
+/// when no `bazaar up` runs for this config.
+pub async fn paused(run_dir: &std::path::Path, rows: &[ServiceStatus]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in rows.iter().filter(|r| !r.up) {
+        let Ok(service) = r.service.parse::<crate::cluster::Service>() else {
+            continue;
+        };
+        let state = crate::control::send(run_dir, crate::control::Action::State, service).await;
+        if state.is_ok_and(|s| s == "paused") {
+            out.push(r.service.clone());
+        }
+    }
+    out
+}
+
+pub fn print_table(rows: &[ServiceStatus], paused: &[String]) {
     println!(
-        "{:<10} {:<24} {:<5} {:<12} {:>6} {:>8}",
+        "{:<10} {:<24} {:<6} {:<12} {:>6} {:>8}",
         "SERVICE", "ADDRESS", "STATE", "ROLE", "EPOCH", "HIGHEST"
     );
     for r in rows {
@@ -64,9 +81,15 @@ pub fn print_table(rows: &[ServiceStatus]) {
                 h.highest.map_or("none".into(), |n| n.to_string()),
             ),
         };
-        let state = if r.up { "up" } else { "down" };
+        let state = if r.up {
+            "up"
+        } else if paused.contains(&r.service) {
+            "paused"
+        } else {
+            "down"
+        };
         println!(
-            "{:<10} {:<24} {:<5} {:<12} {:>6} {:>8}",
+            "{:<10} {:<24} {:<6} {:<12} {:>6} {:>8}",
             r.service, r.url, state, role, epoch, highest
         );
     }

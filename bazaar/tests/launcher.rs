@@ -134,6 +134,32 @@ fn bazaar_up_runs_a_cluster_the_client_can_verify() {
     assert_eq!(highest.len(), 3);
     assert!(highest.iter().all(|h| *h == highest[0]), "{status}");
     assert_eq!(status["frontend"]["leader"]["id"], 2, "{status}");
+    assert_eq!(status["paused"], serde_json::json!([]), "{status}");
+
+    // A frozen follower is shown as paused, not merely down, and comes back.
+    let out = bazaar(&config_path, &["pause", "order", "--id", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = bazaar(&config_path, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["paused"], serde_json::json!(["order-1"]), "{status}");
+    let out = bazaar(&config_path, &["status"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("order-1") && l.contains(" paused ")),
+        "{table}"
+    );
+    let out = bazaar(&config_path, &["continue", "order", "--id", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("order-1 to answer again", Duration::from_secs(20), || {
+        let out = bazaar(&config_path, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["up"] == true))
+            && status["paused"] == serde_json::json!([])
+    });
 
     // Ctrl-C stops every service and the launcher exits 0.
     kill(Pid::from_raw(up.0.id().cast_signed()), Signal::SIGINT).unwrap();
