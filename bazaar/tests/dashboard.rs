@@ -84,11 +84,19 @@ async fn dashboard_follows_a_failover_in_a_real_browser() {
                     .is_some_and(|s| s.contains("req/s"))
             })
             .await;
+        // A few seconds of line in the chart before the screenshot: six
+        // points with data (the page polls every 500 ms).
+        browser
+            .wait_for("six points in the rate chart", Duration::from_secs(30), |b| async move {
+                b.script("const p = document.querySelector('#chart-rate path'); return p ? (p.getAttribute('d').match(/L/g) || []).length : 0;")
+                    .await
+                    .as_u64()
+                    .is_some_and(|segments| segments >= 5)
+            })
+            .await;
     } else {
         eprintln!("note: /metrics has no latency histogram yet; the charts show \"no data\"");
     }
-    // Not a wait for a condition: a few seconds of chart for the screenshot.
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
     t.cluster.kill(Service::Order(3)).expect("kill order-3");
     let (status, body) = t
@@ -275,6 +283,18 @@ impl Browser {
     async fn get(&self, url: &str) {
         self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
             .await;
+    }
+
+    /// The value `script` (a function body) returns in the page; null when
+    /// it cannot run.
+    async fn script(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            &format!("{}/execute/sync", self.session),
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+        .unwrap_or(Value::Null)
     }
 
     /// The rendered text of the first element matching `css`, if any (the
