@@ -618,28 +618,15 @@ async fn wait_reachable(api: &Api, within: Duration) -> anyhow::Result<()> {
         match api.http.get(format!("{}/health", api.base)).send().await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
-                anyhow::bail!(
-                    "cannot reach the front-end at {} ({}); is the cluster running? (`bazaar up`)",
-                    api.base,
-                    error_chain(&e)
-                )
+                // Printed with `{:#}`: the causes (e.g. "Connection refused") follow.
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot reach the front-end at {}; is the cluster running? (`bazaar up`)",
+                    api.base
+                )));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-}
-
-/// An error and its causes on one line (reqwest's own message omits the
-/// cause, e.g. "Connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// Runs the load, then verifies every acknowledged trade.
