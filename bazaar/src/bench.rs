@@ -1,27 +1,27 @@
 //! `bazaar bench`: throughput and latency of every request path, measured
 //! in the same run as a baseline (a bare axum server in this process
 //! answering the same JSON from memory: the limit of this machine now).
-//! The load generator is closed-loop over keep-alive HTTP/1.1 connections
-//! (hyper's client connection, no pool), recording into HdrHistograms.
+//!
+//! This file runs the phases and holds the report; `load` is the
+//! closed-loop load generator, `baseline` the bare server, `memory` the RSS
+//! sampling.
+
+mod baseline;
+mod load;
+mod memory;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::routing::get;
-use bytes::Bytes;
-use common::types::{Data, Stock};
-use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
 use serde::Serialize;
 
 use crate::cluster::{ScratchOptions, Service};
-use crate::eval::Scratch;
+use crate::scratch::Scratch;
+
+use load::{Workload, measure};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -66,29 +66,6 @@ pub struct Rss {
 /// How often the trade phases sample each service's RSS.
 pub const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(500);
 
-fn growth_pct(from: u64, to: u64) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    if from == 0 {
-        0.0
-    } else {
-        (to as f64 - from as f64) / from as f64 * 100.0
-    }
-}
-
-/// Samples the RSS of `pids` until `stop` fires; returns the samples in order.
-async fn sample_rss(pids: Vec<u32>, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<Vec<u64>> {
-    let mut samples = Vec::new();
-    let mut tick = tokio::time::interval(RSS_SAMPLE_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => samples.push(pids.iter().map(|p| rss_kib(*p)).collect()),
-            _ = &mut stop => break,
-        }
-    }
-    samples.push(pids.iter().map(|p| rss_kib(*p)).collect());
-    samples
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub nproc: usize,
@@ -96,209 +73,6 @@ pub struct BenchReport {
     pub duration_s: f64,
     pub phases: Vec<Phase>,
     pub rss: Vec<Rss>,
-}
-
-/// What each connection sends.
-#[derive(Clone)]
-enum Workload {
-    /// GET one of these paths, round robin.
-    Get(Arc<Vec<String>>),
-    /// POST /orders alternating sell and buy of 1 share of one stock per
-    /// connection, so quantities never run out.
-    Trades(Arc<Vec<String>>),
-}
-
-struct Outcome {
-    hist: Histogram<u64>,
-    requests: u64,
-    errors: u64,
-}
-
-async fn connect(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// One closed-loop connection until `until`.
-async fn connection(addr: SocketAddr, work: Workload, index: usize, until: Instant) -> Outcome {
-    let mut out = Outcome {
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds"),
-        requests: 0,
-        errors: 0,
-    };
-    let mut sender = None;
-    let mut i = index;
-    while Instant::now() < until {
-        if sender.is_none() {
-            match connect(addr).await {
-                Ok(s) => sender = Some(s),
-                Err(_) => {
-                    out.errors += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            }
-        }
-        let s = sender.as_mut().expect("connected above");
-        let request = match &work {
-            Workload::Get(paths) => Request::builder()
-                .method(Method::GET)
-                .uri(paths[i % paths.len()].as_str())
-                .header("host", addr.to_string())
-                .body(Full::new(Bytes::new())),
-            Workload::Trades(names) => {
-                let kind = if (i - index).is_multiple_of(2) {
-                    "sell"
-                } else {
-                    "buy"
-                };
-                let body = format!(
-                    r#"{{"name":"{}","quantity":1,"type":"{kind}"}}"#,
-                    names[index % names.len()]
-                );
-                Request::builder()
-                    .method(Method::POST)
-                    .uri("/orders")
-                    .header("host", addr.to_string())
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body)))
-            }
-        }
-        .expect("a static request shape");
-        i += 1;
-        let started = Instant::now();
-        let ok = match s.send_request(request).await {
-            Ok(resp) => {
-                let status = resp.status();
-                resp.into_body().collect().await.is_ok() && status.is_success()
-            }
-            Err(_) => {
-                sender = None;
-                false
-            }
-        };
-        out.requests += 1;
-        if ok {
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            out.hist.saturating_record(micros.max(1));
-        } else {
-            out.errors += 1;
-        }
-    }
-    out
-}
-
-/// Runs `connections` closed loops against `addr` for `duration`.
-async fn measure(
-    name: &str,
-    addr: SocketAddr,
-    work: Workload,
-    connections: usize,
-    duration: Duration,
-) -> Phase {
-    let until = Instant::now() + duration;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|i| tokio::spawn(connection(addr, work.clone(), i, until)))
-        .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
-    let (mut requests, mut errors) = (0, 0);
-    for t in tasks {
-        if let Ok(o) = t.await {
-            hist.add(&o.hist).expect("same bounds");
-            requests += o.requests;
-            errors += o.errors;
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    #[allow(clippy::cast_precision_loss)]
-    let q = |q: f64| {
-        if hist.is_empty() {
-            0.0
-        } else {
-            hist.value_at_quantile(q) as f64
-        }
-    };
-    #[allow(clippy::cast_precision_loss)]
-    let phase = Phase {
-        name: name.to_string(),
-        connections,
-        requests,
-        errors,
-        rps: (requests - errors) as f64 / elapsed.max(1e-9),
-        p50_us: q(0.5),
-        p99_us: q(0.99),
-        p999_us: q(0.999),
-        rps_ratio: 0.0,
-        p50_ratio: 0.0,
-    };
-    eprintln!(
-        "{:<24} conns {:>3}: {:>9.0} req/s  p50 {:>8.0} µs  p99 {:>8.0} µs  p99.9 {:>8.0} µs  errors {}",
-        phase.name, connections, phase.rps, phase.p50_us, phase.p99_us, phase.p999_us, phase.errors
-    );
-    phase
-}
-
-/// The baseline server: the same JSON as a lookup, from a map in memory.
-async fn baseline_server() -> anyhow::Result<SocketAddr> {
-    let stocks: HashMap<String, Stock> = crate::verify::initial_stocks()
-        .into_iter()
-        .map(|(name, quantity)| {
-            let stock = Stock {
-                name: name.clone(),
-                price: 10.0,
-                quantity,
-            };
-            (name, stock)
-        })
-        .collect();
-    async fn lookup(
-        State(stocks): State<Arc<HashMap<String, Stock>>>,
-        Path(name): Path<String>,
-    ) -> Result<Json<Data<Stock>>, axum::http::StatusCode> {
-        stocks
-            .get(&name)
-            .cloned()
-            .map(|s| Json(Data::new(s)))
-            .ok_or(axum::http::StatusCode::NOT_FOUND)
-    }
-    let app = axum::Router::new()
-        .route("/stocks/{name}", get(lookup))
-        .with_state(Arc::new(stocks));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn machine_memory_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
@@ -321,7 +95,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let hot = Arc::new(hot);
     let mut phases = Vec::new();
 
-    let base = baseline_server().await?;
+    let base = baseline::server().await?;
     phases.push(measure("baseline", base, Workload::Get(hot.clone()), 1, d).await);
     phases.push(measure("baseline", base, Workload::Get(hot.clone()), c, d).await);
 
@@ -362,7 +136,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     )
     .await;
     let (stop_sampling, stop) = tokio::sync::oneshot::channel();
-    let sampler = tokio::spawn(sample_rss(pids.iter().map(|(_, p)| *p).collect(), stop));
+    let sampler = tokio::spawn(memory::sample_rss(
+        pids.iter().map(|(_, p)| *p).collect(),
+        stop,
+    ));
     phases.push(
         measure(
             "trade",
@@ -376,25 +153,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     phases.push(measure("trade", frontend, Workload::Trades(trade_names), c, d).await);
     let _ = stop_sampling.send(());
     let samples = sampler.await?;
-    let rss: Vec<Rss> = pids
-        .iter()
-        .enumerate()
-        .map(|(i, (service, _))| {
-            let series: Vec<u64> = samples.iter().map(|s| s[i]).collect();
-            let start = series.first().copied().unwrap_or(0);
-            let mid = series.get(series.len() / 2).copied().unwrap_or(0);
-            let end = series.last().copied().unwrap_or(0);
-            Rss {
-                service: service.clone(),
-                start_kib: start,
-                mid_kib: mid,
-                peak_kib: series.iter().copied().max().unwrap_or(0),
-                end_kib: end,
-                growth_pct: growth_pct(start, end),
-                second_half_growth_pct: growth_pct(mid, end),
-            }
-        })
-        .collect();
+    let rss = memory::summarize(&pids, &samples);
 
     let highest = scratch
         .cluster
@@ -437,20 +196,20 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     phases.push(measure("uncached lookup", frontend, Workload::Get(hot), c, d).await);
     scratch.cluster.stop_all().await?;
 
-    let baseline: HashMap<usize, (f64, f64)> = phases
+    let at_baseline: HashMap<usize, (f64, f64)> = phases
         .iter()
         .filter(|p| p.name == "baseline")
         .map(|p| (p.connections, (p.rps, p.p50_us)))
         .collect();
     for p in &mut phases {
-        if let Some(&(rps, p50)) = baseline.get(&p.connections) {
+        if let Some(&(rps, p50)) = at_baseline.get(&p.connections) {
             p.rps_ratio = p.rps / rps.max(1e-9);
             p.p50_ratio = p.p50_us / p50.max(1e-9);
         }
     }
     Ok(BenchReport {
         nproc: std::thread::available_parallelism().map_or(0, usize::from),
-        memory_kib: machine_memory_kib(),
+        memory_kib: memory::machine_kib(),
         duration_s: d.as_secs_f64(),
         phases,
         rss,

@@ -1,23 +1,35 @@
 //! `bazaar chaos`: a fresh cluster, concurrent clients with idempotent
-//! retries, and a seeded random schedule of faults (`kill -9` of the
-//! leader, a follower, two replicas, the catalog or the front-end; SIGSTOP
-//! of the leader), each healed after a random pause. At the end everything
-//! is healed, the replicas converge, every database is dumped and the
-//! guarantees of CONTRACT.md §5 are checked.
+//! retries, and a seeded random schedule of faults, each healed after a
+//! random pause (see [`faults`] for the kinds): process faults (`kill -9`,
+//! SIGSTOP) and, unless `gray` is off, gray faults (link cuts through fault
+//! proxies, full disks on small tmpfs mounts where the run may mount them).
+//! A checker session judges every lookup of the stock it trades alone
+//! ([`checker`]). At the end everything is healed, the replicas converge,
+//! every database is dumped and the system's guarantees are checked (see
+//! [`crate::verify`]).
+
+pub mod checker;
+pub mod disks;
+pub mod faults;
+pub mod links;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{AckedTrade, RunConfig, UnknownTrade};
-use common::types::{Data, Stock, TradeKind, TradeReceipt, TradeRequest};
+use client::RunConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::cluster::{ScratchOptions, Service};
-use crate::eval::Scratch;
+use crate::cluster::{Cluster, ScratchOptions, Service, write_scratch_config};
+use crate::scratch::Scratch;
 use crate::verify::{self, Verdict};
+use checker::CHECKER_STOCK;
+use disks::Disks;
+use faults::{Fault, Rig};
+use links::Links;
 
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
@@ -26,6 +38,9 @@ pub struct ChaosOptions {
     pub clients: usize,
     /// Mean pause between two faults.
     pub fault_every: Duration,
+    /// Also gray faults: link cuts, and full disks where the run can mount
+    /// a tmpfs (root).
+    pub gray: bool,
 }
 
 /// One injected fault, for the report and the history file.
@@ -35,6 +50,29 @@ pub struct FaultEvent {
     pub kind: &'static str,
     pub targets: Vec<String>,
     pub healed_at_s: f64,
+    /// What the services a gray fault hit said while it lasted
+    /// (`order-2 storage full`, `order-3 not ready`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<String>,
+}
+
+/// The failover measured around the faults of one kind that hit the leader.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    pub faults: u64,
+    /// Longest trade latency around each such fault: median and maximum.
+    pub p50_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The small disks of a run with disk faults.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    /// Size of each tmpfs.
+    pub size_bytes: u64,
+    /// What each database took at the end (after compaction by nobody: the
+    /// run's whole growth), the filler not counted.
+    pub used_bytes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,18 +80,39 @@ pub struct ChaosReport {
     pub seed: u64,
     pub duration_s: f64,
     pub passed: bool,
+    /// Whether gray faults were on.
+    pub gray: bool,
+    /// The kinds the schedule drew from.
+    pub fault_kinds: Vec<&'static str>,
+    /// Kinds left out, and why (disk faults where no tmpfs can be mounted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_fault_kinds: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_because: Option<String>,
     pub faults_injected: u64,
     pub faults_by_kind: BTreeMap<&'static str, u64>,
+    /// Gray faults, per kind, during which a service they hit was seen not
+    /// ready, without storage or not answering (the rest did not bite
+    /// before they were healed). Each fault's states are in history.json.
+    pub gray_faults_seen_biting: BTreeMap<&'static str, u64>,
     pub trades_acknowledged: u64,
     pub trades_unknown_outcome: u64,
     pub failed_requests: u64,
+    /// Lookups of the checker's stock judged (stale or unexplained).
     pub lookups_checked_for_staleness: u64,
     /// Faults of the leader whose failover was measured.
     pub leader_faults: u64,
     /// Longest trade latency around each fault of the leader.
     pub failover_p50_ms: f64,
     pub failover_p99_ms: f64,
+    /// The same, per kind of fault of the leader.
+    pub failover_by_kind: BTreeMap<&'static str, Failover>,
     pub orders_in_log: u64,
+    /// Restarts by the supervisor, per service: a service whose storage
+    /// failed exits to be restarted once it works again.
+    pub supervisor_restarts: BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disks: Option<DiskReport>,
     pub violations: verify::Violations,
     pub examples: Vec<String>,
     /// Data, logs and history kept for inspection (on failure).
@@ -61,166 +120,110 @@ pub struct ChaosReport {
     pub kept: Option<PathBuf>,
 }
 
-/// The stock only the staleness checker trades, so it knows the quantity
-/// every lookup must show.
-const CHECKER_STOCK: &str = "IBM";
-
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    KillLeader,
-    KillFollower,
-    KillTwoReplicas,
-    PauseLeader,
-    KillCatalog,
-    KillFrontend,
+/// Size of each small disk at the start of a run of `duration`. Measured on
+/// tmpfs: a replica's sled database takes some 170 bytes per order in a
+/// release build (11.7 MB after a 120 s run of 70,774 orders, about 600 a
+/// second) and some 650 in a debug build (2.6 MB after 4,000 orders); the
+/// catalog's less. 512 KiB per second of run is five times the release
+/// figure. A machine that trades faster gets its disks grown while the run
+/// goes ([`Disks::keep_headroom`]), so the run never fills a disk by itself;
+/// only the filler does.
+pub fn disk_bytes(duration: Duration) -> u64 {
+    const BASE: u64 = 16 * 1024 * 1024;
+    const PER_SECOND: u64 = 512 * 1024;
+    BASE + PER_SECOND * duration.as_secs().max(1)
 }
 
-impl Fault {
-    const ALL: [Fault; 6] = [
-        Fault::KillLeader,
-        Fault::KillFollower,
-        Fault::KillTwoReplicas,
-        Fault::PauseLeader,
-        Fault::KillCatalog,
-        Fault::KillFrontend,
-    ];
+/// Where the disk faults could not be had, once per run.
+fn skip_note(why: &str) -> String {
+    format!(
+        "bazaar chaos: skipping the disk faults ({}): {why}",
+        Fault::DISKS.map(Fault::name).join(", ")
+    )
+}
 
-    fn name(self) -> &'static str {
-        match self {
-            Fault::KillLeader => "kill-leader",
-            Fault::KillFollower => "kill-follower",
-            Fault::KillTwoReplicas => "kill-two-replicas",
-            Fault::PauseLeader => "pause-leader",
-            Fault::KillCatalog => "kill-catalog",
-            Fault::KillFrontend => "kill-frontend",
+/// Sets up the cluster of a run: small disks and proxies when gray faults
+/// are on, supervision (a service whose storage failed exits to be
+/// restarted), then starts every service.
+async fn rig(opts: &ChaosOptions) -> anyhow::Result<(Rig, Option<String>)> {
+    let mut skipped = None;
+    let mut scratch_opts = ScratchOptions::default();
+    let disks = if opts.gray {
+        let mut on = vec![Service::Catalog];
+        on.extend((1..=scratch_opts.replicas).map(Service::Order));
+        match Disks::mount(&on, disk_bytes(opts.duration)) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(why) => {
+                eprintln!("{}", skip_note(&why));
+                skipped = Some(why);
+                None
+            }
         }
-    }
-
-    fn hits_leader(self) -> bool {
-        matches!(
-            self,
-            Fault::KillLeader | Fault::KillTwoReplicas | Fault::PauseLeader
-        )
-    }
-}
-
-/// The replica that says it leads with the highest epoch.
-async fn current_leader(scratch: &Scratch, ids: &[u32]) -> Option<u32> {
-    let mut best: Option<(u64, u32)> = None;
-    for &id in ids {
-        if let Some(h) = scratch.cluster.health(Service::Order(id)).await
-            && h.role == "leader"
-            && best.is_none_or(|(e, _)| h.epoch > e)
-        {
-            best = Some((h.epoch, id));
-        }
-    }
-    best.map(|(_, id)| id)
-}
-
-/// What the staleness checker saw.
-struct CheckerResult {
-    acked: Vec<AckedTrade>,
-    unknown: Vec<UnknownTrade>,
-    stale: u64,
-    checked: u64,
-}
-
-/// Trades `CHECKER_STOCK` alone and looks it up after every acknowledged
-/// trade: the lookup must show the post-trade quantity.
-async fn staleness_checker(base: String, until: Instant, initial: u64) -> CheckerResult {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("a static client configuration");
-    let mut out = CheckerResult {
-        acked: Vec::new(),
-        unknown: Vec::new(),
-        stale: 0,
-        checked: 0,
+    } else {
+        None
     };
-    // None once a trade's outcome is unknown: the quantity is then not
-    // known for sure, so checking stops.
-    let mut expected = Some(initial);
-    let run: u64 = rand::random();
-    let mut i = 0u64;
-    while Instant::now() < until && expected.is_some() {
-        let kind = if i.is_multiple_of(2) {
-            TradeKind::Sell
-        } else {
-            TradeKind::Buy
-        };
-        let key = format!("checker-{run:016x}-{i}");
-        i += 1;
-        let request = TradeRequest {
-            name: CHECKER_STOCK.into(),
-            quantity: 1,
-            kind,
-        };
-        // Retry until a final answer, as the client does.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let number = loop {
-            let sent = http
-                .post(format!("{base}/orders"))
-                .header("idempotency-key", &key)
-                .json(&request)
-                .send()
-                .await;
-            if let Ok(r) = sent {
-                if r.status().is_success() {
-                    if let Ok(d) = r.json::<Data<TradeReceipt>>().await {
-                        break Some(d.data.transaction_number);
-                    }
-                } else if !r.status().is_server_error() {
-                    break None;
-                }
-            }
-            if Instant::now() > deadline {
-                out.unknown.push(UnknownTrade {
-                    key: key.clone(),
-                    name: request.name.clone(),
-                    kind,
-                    quantity: 1,
-                });
-                expected = None;
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let Some(number) = number else { continue };
-        out.acked.push(AckedTrade {
-            key,
-            number,
-            name: request.name.clone(),
-            kind,
-            quantity: 1,
-        });
-        expected = expected.map(|q| match kind {
-            TradeKind::Buy => q - 1,
-            TradeKind::Sell => q + 1,
-        });
-        // One lookup after the acknowledgement (a failed one proves nothing).
-        if let Ok(r) = http
-            .get(format!("{base}/stocks/{CHECKER_STOCK}"))
-            .send()
-            .await
-            && r.status().is_success()
-            && let Ok(d) = r.json::<Data<Stock>>().await
-        {
-            out.checked += 1;
-            if Some(d.data.quantity) != expected {
-                out.stale += 1;
-            }
-        }
-    }
-    out
+    scratch_opts.db_paths = disks.as_ref().map(|d| d.db_paths()).unwrap_or_default();
+    let dir = tempfile::Builder::new().prefix("bazaar-").tempdir()?;
+    let config = write_scratch_config(dir.path(), &scratch_opts)?;
+    let mut cluster = Cluster::new(&config, &dir.path().join("logs"))?;
+    let links = if opts.gray {
+        Some(Links::install(&mut cluster).await?)
+    } else {
+        None
+    };
+    cluster.supervise(true)?;
+    let mut rig = Rig {
+        scratch: Scratch { cluster, dir },
+        links,
+        disks,
+    };
+    rig.scratch.cluster.start_all().await?;
+    Ok((rig, skipped))
 }
 
-/// Runs one chaos experiment.
+fn failover_stats(mut latencies: Vec<f64>) -> Failover {
+    latencies.sort_by(f64::total_cmp);
+    Failover {
+        faults: latencies.len() as u64,
+        p50_ms: crate::eval::nearest_rank(&latencies, 50),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+    }
+}
+
+/// Runs one chaos experiment. Interrupted (SIGINT, SIGTERM), it stops the
+/// cluster and unmounts its disks before it returns the error.
 pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
-    let mut scratch = Scratch::start(&ScratchOptions::default()).await?;
-    let base = scratch.frontend_url();
-    let ids: Vec<u32> = scratch.cluster.config.orders.iter().map(|o| o.id).collect();
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        report = run_to_end(opts) => report,
+        _ = interrupt.recv() => anyhow::bail!("interrupted; the cluster is stopped"),
+        _ = terminate.recv() => anyhow::bail!("terminated; the cluster is stopped"),
+    }
+}
+
+async fn run_to_end(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
+    let (mut rig, skipped_because) = rig(opts).await?;
+    let mut kinds: Vec<Fault> = Fault::PROCESS.to_vec();
+    let mut skipped: Vec<Fault> = Vec::new();
+    if opts.gray {
+        kinds.extend(Fault::LINKS);
+        if rig.disks.is_some() {
+            kinds.extend(Fault::DISKS);
+        } else {
+            skipped.extend(Fault::DISKS);
+        }
+    }
+    let base = rig.scratch.frontend_url();
+    let ids: Vec<u32> = rig
+        .scratch
+        .cluster
+        .config
+        .orders
+        .iter()
+        .map(|o| o.id)
+        .collect();
     let started = Instant::now();
 
     let mut config = RunConfig::new(base.clone());
@@ -236,15 +239,17 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .get(CHECKER_STOCK)
         .copied()
         .unwrap_or(0);
-    let checker = tokio::spawn(staleness_checker(
+    let checker = tokio::spawn(checker::run(
         base.clone(),
+        started,
         started + opts.duration,
         initial,
     ));
 
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut events: Vec<FaultEvent> = Vec::new();
-    let mut leader_fault_times = Vec::new();
+    let mut leader_faults: Vec<(&'static str, f64)> = Vec::new();
+    let mut unhealed: Vec<String> = Vec::new();
     let since = |t: Instant| t.duration_since(started).as_secs_f64();
     // Leave time at the end for the clients to finish under a healed cluster.
     let stop_faults_at = opts.duration.saturating_sub(Duration::from_secs(3));
@@ -255,51 +260,31 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             break;
         }
         tokio::time::sleep(pause).await;
-        let fault = Fault::ALL[rng.random_range(0..Fault::ALL.len())];
-        let down = Duration::from_millis(rng.random_range(300..2500));
-        let leader = current_leader(&scratch, &ids).await;
-        let followers: Vec<u32> = ids.iter().copied().filter(|&i| Some(i) != leader).collect();
-        let targets: Vec<Service> = match fault {
-            Fault::KillLeader | Fault::PauseLeader => match leader {
-                Some(l) => vec![Service::Order(l)],
-                None => continue,
-            },
-            Fault::KillFollower => {
-                vec![Service::Order(
-                    followers[rng.random_range(0..followers.len())],
-                )]
-            }
-            Fault::KillTwoReplicas => {
-                let mut two = ids.clone();
-                let keep = rng.random_range(0..two.len());
-                two.remove(keep);
-                two.into_iter().map(Service::Order).collect()
-            }
-            Fault::KillCatalog => vec![Service::Catalog],
-            Fault::KillFrontend => vec![Service::Frontend],
+        if let Some(d) = &rig.disks {
+            let d = Arc::clone(d);
+            tokio::task::spawn_blocking(move || d.keep_headroom()).await??;
+        }
+        let fault = kinds[rng.random_range(0..kinds.len())];
+        let down = fault.draw_pause(&mut rng);
+        let leader = faults::current_leader(&rig.scratch, &ids).await;
+        let Some(action) = faults::aim(fault, leader, &ids, &mut rng) else {
+            continue;
         };
         let at = Instant::now();
-        if fault.hits_leader() && leader.is_some_and(|l| targets.contains(&Service::Order(l))) {
-            leader_fault_times.push(since(at) * 1000.0);
+        if fault.hits_leader() && leader.is_some() {
+            leader_faults.push((fault.name(), since(at) * 1000.0));
         }
-        for &s in &targets {
-            match fault {
-                Fault::PauseLeader => scratch.cluster.pause(s)?,
-                _ => scratch.cluster.kill(s)?,
-            }
-        }
-        tokio::time::sleep(down).await;
-        for &s in &targets {
-            match fault {
-                Fault::PauseLeader => scratch.cluster.resume(s)?,
-                _ => scratch.cluster.start_and_wait(s).await?,
-            }
+        faults::inject(&mut rig, &action).await?;
+        let seen = faults::watch(&rig, &action, down).await;
+        for u in faults::heal(&mut rig, &action).await? {
+            unhealed.push(format!("{} at {:.1} s: {u}", fault.name(), since(at)));
         }
         let event = FaultEvent {
             at_s: since(at),
             kind: fault.name(),
-            targets: targets.iter().map(ToString::to_string).collect(),
+            targets: action.targets(),
             healed_at_s: since(Instant::now()),
+            seen,
         };
         tracing::info!(?event, "fault injected and healed");
         events.push(event);
@@ -309,12 +294,13 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let checker = checker.await?;
 
     // Heal everything still down (nothing should be), then converge.
-    for s in scratch.cluster.services() {
-        if !scratch.cluster.is_running(s) {
-            scratch.cluster.start_and_wait(s).await?;
+    let cluster = &mut rig.scratch.cluster;
+    for s in cluster.services() {
+        if !cluster.is_running(s) {
+            cluster.start_and_wait(s).await?;
         }
     }
-    verify::wait_converged(&scratch.cluster, Duration::from_secs(60)).await?;
+    verify::wait_converged(cluster, Duration::from_secs(60)).await?;
     let mut acked = report.trades.clone();
     acked.extend(checker.acked.iter().cloned());
     let mut unknown = report.unknown.clone();
@@ -322,24 +308,42 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let Verdict {
         orders_in_log,
         mut violations,
-        examples,
+        mut examples,
         ..
-    } = verify::check(&scratch.cluster, &acked, &unknown)?;
+    } = verify::check(cluster, &acked, &unknown)?;
     violations.stale_lookups = checker.stale;
+    violations.unexplained_lookups = checker.unexplained;
+    violations.unhealed_faults = unhealed.len() as u64;
+    examples.extend(checker.examples.iter().cloned());
+    examples.extend(unhealed);
 
-    let mut failover = crate::eval::failover_latencies(&report.timeline, &leader_fault_times);
+    let all_times: Vec<f64> = leader_faults.iter().map(|&(_, t)| t).collect();
+    let mut failover = crate::eval::failover_latencies(&report.timeline, &all_times);
+    let mut by_kind: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for (&(kind, _), &latency) in leader_faults.iter().zip(&failover) {
+        by_kind.entry(kind).or_default().push(latency);
+    }
     failover.sort_by(f64::total_cmp);
     let mut faults_by_kind = BTreeMap::new();
+    let mut biting = BTreeMap::new();
     for e in &events {
         *faults_by_kind.entry(e.kind).or_insert(0) += 1;
+        if !e.seen.is_empty() {
+            *biting.entry(e.kind).or_insert(0) += 1;
+        }
     }
     let passed = violations.total() == 0;
     let mut out = ChaosReport {
         seed: opts.seed,
         duration_s: opts.duration.as_secs_f64(),
         passed,
+        gray: opts.gray,
+        fault_kinds: kinds.iter().map(|f| f.name()).collect(),
+        skipped_fault_kinds: skipped.iter().map(|f| f.name()).collect(),
+        skipped_because,
         faults_injected: events.len() as u64,
         faults_by_kind,
+        gray_faults_seen_biting: biting,
         trades_acknowledged: acked.len() as u64,
         trades_unknown_outcome: unknown.len() as u64,
         failed_requests: report.lookup.errors + report.trade.errors + report.query.errors,
@@ -347,7 +351,25 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         leader_faults: failover.len() as u64,
         failover_p50_ms: crate::eval::nearest_rank(&failover, 50),
         failover_p99_ms: crate::eval::nearest_rank(&failover, 99),
+        failover_by_kind: by_kind
+            .into_iter()
+            .map(|(k, v)| (k, failover_stats(v)))
+            .collect(),
         orders_in_log,
+        supervisor_restarts: cluster
+            .services()
+            .into_iter()
+            .map(|s| (s.to_string(), cluster.supervised(s).restarts))
+            .filter(|&(_, n)| n > 0)
+            .collect(),
+        disks: rig.disks.as_ref().map(|d| DiskReport {
+            size_bytes: d.bytes(),
+            used_bytes: d
+                .used()
+                .into_iter()
+                .map(|(s, n)| (s.to_string(), n))
+                .collect(),
+        }),
         violations,
         examples,
         kept: None,
@@ -355,18 +377,34 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     // The operation history, beside the data, in case it is kept.
     let history = serde_json::json!({
         "faults": events,
+        "links": rig.links.as_ref().map(Links::accepted),
         "acknowledged": acked,
         "unknown_outcome": unknown,
         "report": &out,
     });
     std::fs::write(
-        scratch.dir.path().join("history.json"),
+        rig.scratch.dir.path().join("history.json"),
         serde_json::to_vec_pretty(&history)?,
     )?;
+    let Rig {
+        mut scratch,
+        links,
+        disks,
+    } = rig;
     if passed {
         scratch.cluster.stop_all().await?;
     } else {
-        out.kept = Some(scratch.keep().await);
+        let kept = scratch.keep().await;
+        // The databases on the small disks go with the rest before the
+        // disks are unmounted.
+        if let Some(d) = &disks
+            && let Err(e) = d.copy_into(&kept.join("db-from-small-disks"))
+        {
+            eprintln!("bazaar chaos: cannot keep the databases of the small disks: {e}");
+        }
+        out.kept = Some(kept);
     }
+    drop(links);
+    drop(disks);
     Ok(out)
 }

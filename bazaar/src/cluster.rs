@@ -1,19 +1,39 @@
 //! A local cluster of the service binaries as child processes: start,
-//! wait until healthy, kill (-9), stop (SIGTERM), pause and continue, dump.
-//! Used by `bazaar up` and every command and test that needs real
-//! processes on real sockets.
+//! wait until healthy, kill (-9), stop (SIGTERM), pause and continue, dump,
+//! and, when asked, supervise (restart a service that exits with
+//! `common::EXIT_RESTART`). Used by `bazaar up` and every command and test
+//! that needs real processes on real sockets.
+//!
+//! The parts: `procs` is the process table the supervisor shares,
+//! `supervise` the restart policy and its thread, `scratch_config` the
+//! config file of a throw-away cluster.
+
+mod procs;
+mod scratch_config;
+mod supervise;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use common::client::ServiceClient;
 use common::config::Config;
 use common::types::{Health, Order, StockRow};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use procs::Procs;
+use supervise::Supervisor;
+
+pub use scratch_config::{SHIPPED_STOCKS, ScratchOptions, free_ports, write_scratch_config};
+pub use supervise::{
+    LastExit, RESTART_FIRST_DELAY, RESTART_MAX_DELAY, RESTART_STABLE_AFTER, SUPERVISE_EVERY,
+    Supervised, next_delay,
+};
 
 /// How long a started service gets to answer its health check.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,12 +91,12 @@ pub struct Cluster {
     pub config_path: PathBuf,
     pub log_dir: PathBuf,
     bin_dir: PathBuf,
-    children: BTreeMap<Service, Child>,
-    http: reqwest::Client,
-    /// Extra environment of a service's next start (fault points in tests).
-    env: BTreeMap<Service, Vec<(String, String)>>,
-    /// Extra arguments of a service's next start.
-    args: BTreeMap<Service, Vec<String>>,
+    /// The children and how to start them, shared with the supervisor.
+    procs: Arc<Mutex<Procs>>,
+    /// Health probes, with the cluster token.
+    client: ServiceClient,
+    /// The supervisor thread, while [`supervise`](Self::supervise) is on.
+    supervisor: Option<Supervisor>,
 }
 
 impl Cluster {
@@ -93,20 +113,34 @@ impl Cluster {
                 );
             }
         }
-        let http = common::http::internal_client(
+        let client = ServiceClient::new(
             Duration::from_secs(2),
             common::config::cluster_token(&config).as_deref(),
         );
+        let procs = Procs {
+            bin_dir: bin_dir.clone(),
+            config_path: config_path.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            children: BTreeMap::new(),
+            env: BTreeMap::new(),
+            args: BTreeMap::new(),
+            watch: BTreeMap::new(),
+            supervising: false,
+        };
         Ok(Cluster {
             config,
             config_path: config_path.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             bin_dir,
-            children: BTreeMap::new(),
-            http,
-            env: BTreeMap::new(),
-            args: BTreeMap::new(),
+            procs: Arc::new(Mutex::new(procs)),
+            client,
+            supervisor: None,
         })
+    }
+
+    /// The process table; a panic elsewhere while holding it leaves it usable.
+    fn procs(&self) -> MutexGuard<'_, Procs> {
+        self.procs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn services(&self) -> Vec<Service> {
@@ -129,7 +163,7 @@ impl Cluster {
     }
 
     pub fn pid(&self, s: Service) -> Option<u32> {
-        self.children.get(&s).map(Child::id)
+        self.procs().children.get(&s).map(Child::id)
     }
 
     pub fn bin(&self, name: &str) -> PathBuf {
@@ -137,44 +171,16 @@ impl Cluster {
     }
 
     /// Starts a service (it must not be running); its output is appended to
-    /// its log file.
+    /// its log file. A restart of it that was pending is dropped.
     pub fn start(&mut self, s: Service) -> anyhow::Result<u32> {
-        if let Some(c) = self.children.get_mut(&s)
-            && c.try_wait()?.is_none()
-        {
-            bail!("{s} is already running (pid {})", c.id());
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(s))?;
-        let mut cmd = match s {
-            Service::Catalog => Command::new(self.bin("catalog")),
-            Service::Frontend => Command::new(self.bin("frontend")),
-            Service::Order(id) => {
-                let mut c = Command::new(self.bin("order"));
-                c.args(["--id", &id.to_string(), "--resume"]);
-                c
-            }
-        };
-        cmd.arg("--config").arg(&self.config_path);
-        for (key, value) in self.env.get(&s).into_iter().flatten() {
-            cmd.env(key, value);
-        }
-        cmd.args(self.args.get(&s).into_iter().flatten());
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd.spawn().with_context(|| format!("cannot start {s}"))?;
-        let pid = child.id();
-        self.children.insert(s, child);
-        Ok(pid)
+        self.procs().start(s)
     }
 
     /// Sets (or with `None` removes) an environment variable for the next
     /// starts of `s`.
     pub fn set_env(&mut self, s: Service, key: &str, value: Option<&str>) {
-        let vars = self.env.entry(s).or_default();
+        let mut p = self.procs();
+        let vars = p.env.entry(s).or_default();
         vars.retain(|(k, _)| k != key);
         if let Some(v) = value {
             vars.push((key.to_string(), v.to_string()));
@@ -183,23 +189,26 @@ impl Cluster {
 
     /// Sets the extra arguments of the next starts of `s` (empty: none).
     pub fn set_args(&mut self, s: Service, args: &[&str]) {
-        self.args
+        self.procs()
+            .args
             .insert(s, args.iter().map(ToString::to_string).collect());
     }
 
-    /// Waits until `s` answers its health check, failing early if it exits.
+    /// Waits until `s` answers its health check, failing early if it exits
+    /// (unless it exits to be restarted by the supervisor: then the restarted
+    /// process has the rest of `timeout`).
     pub async fn wait_healthy(&mut self, s: Service, timeout: Duration) -> anyhow::Result<Health> {
         let deadline = Instant::now() + timeout;
-        let url = format!("{}/health", self.url(s));
+        let base = self.url(s);
         loop {
-            if let Ok(r) = self.http.get(&url).send().await
-                && r.status().is_success()
-                && let Ok(h) = r.json::<Health>().await
-            {
+            if let Ok(h) = self.client.health(&base).await {
                 return Ok(h);
             }
-            if let Some(c) = self.children.get_mut(&s)
-                && let Some(status) = c.try_wait()?
+            let exited = self.exit_status(s)?;
+            let restarting = self.procs().supervising
+                && exited.is_some_and(|e| e.code() == Some(common::EXIT_RESTART));
+            if let Some(status) = exited
+                && !restarting
             {
                 bail!(
                     "{s} exited with {status} during start-up; see {}",
@@ -208,12 +217,20 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "{s} did not answer {url} within {timeout:?}; see {}",
+                    "{s} did not answer {base}/health within {timeout:?}; see {}",
                     self.log_path(s).display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// How the child of `s` ended; `None` while it runs or when there is none.
+    fn exit_status(&self, s: Service) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(match self.procs().children.get_mut(&s) {
+            Some(c) => c.try_wait()?,
+            None => None,
+        })
     }
 
     pub async fn start_and_wait(&mut self, s: Service) -> anyhow::Result<()> {
@@ -241,17 +258,17 @@ impl Cluster {
     }
 
     fn signal(&self, s: Service, sig: Signal) -> anyhow::Result<()> {
-        let child = self
-            .children
-            .get(&s)
+        let pid = self
+            .pid(s)
             .with_context(|| format!("{s} was not started here"))?;
-        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+        let pid = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
         kill(pid, sig).with_context(|| format!("cannot send {sig} to {s}"))
     }
 
-    /// `kill -9`, and reap it.
+    /// `kill -9`, and reap it. It stays down, also under supervision.
     pub fn kill(&mut self, s: Service) -> anyhow::Result<()> {
-        if let Some(mut c) = self.children.remove(&s) {
+        let child = self.procs().take(s);
+        if let Some(mut c) = child {
             let _ = c.kill();
             c.wait()?;
         }
@@ -281,8 +298,10 @@ impl Cluster {
     }
 
     /// SIGTERM, then wait for a clean exit (killed after [`STOP_TIMEOUT`]).
+    /// It stays down, also under supervision.
     pub async fn stop(&mut self, s: Service) -> anyhow::Result<()> {
-        let Some(mut child) = self.children.remove(&s) else {
+        let child = self.procs().take(s);
+        let Some(mut child) = child else {
             return Ok(());
         };
         if child.try_wait()?.is_some() {
@@ -321,19 +340,15 @@ impl Cluster {
 
     /// Is the child process of `s` alive (started here and not exited)?
     pub fn is_running(&mut self, s: Service) -> bool {
-        self.children
+        self.procs()
+            .children
             .get_mut(&s)
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// What `s` says on `GET /health`; `None` when it does not answer.
     pub async fn health(&self, s: Service) -> Option<Health> {
-        let r = self
-            .http
-            .get(format!("{}/health", self.url(s)))
-            .send()
-            .await
-            .ok()?;
-        r.json().await.ok()
+        self.client.health(&self.url(s)).await.ok()
     }
 
     /// `order dump --id N` through the real binary.
@@ -372,69 +387,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for c in self.children.values_mut() {
+        self.end_supervision();
+        for c in self.procs().children.values_mut() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
-}
-
-/// Options of a throw-away cluster on free loopback ports.
-#[derive(Debug, Clone)]
-pub struct ScratchOptions {
-    pub cache_size: usize,
-    pub health_check_interval_ms: u64,
-    pub replicas: u32,
-    /// Cluster token written to the config (`None`: internal endpoints open).
-    pub token: Option<String>,
-}
-
-impl Default for ScratchOptions {
-    fn default() -> Self {
-        ScratchOptions {
-            cache_size: 5,
-            health_check_interval_ms: 100,
-            replicas: 3,
-            token: None,
-        }
-    }
-}
-
-/// The shipped initial stocks, so a scratch cluster trades the same names.
-pub const SHIPPED_STOCKS: &str = include_str!("../../data/stocks.csv");
-
-/// Writes `config.yaml` and `stocks.csv` into `dir` with free ports on
-/// 127.0.0.1 and databases under `dir/db`; returns the config path.
-pub fn write_scratch_config(dir: &Path, opts: &ScratchOptions) -> anyhow::Result<PathBuf> {
-    let count = usize::try_from(opts.replicas)? + 2;
-    let ports = free_ports(count)?;
-    std::fs::write(dir.join("stocks.csv"), SHIPPED_STOCKS)?;
-    let mut yaml = format!(
-        "catalog:\n  host: 127.0.0.1\n  port: {}\n  db_path: db/catalog\n  stocks: stocks.csv\n\
-         frontend:\n  host: 127.0.0.1\n  port: {}\n  cache_size: {}\n  health_check_interval_ms: {}\norders:\n",
-        ports[0], ports[1], opts.cache_size, opts.health_check_interval_ms
-    );
-    for (i, port) in ports[2..].iter().enumerate() {
-        let id = i + 1;
-        yaml.push_str(&format!(
-            "  - {{ id: {id}, host: 127.0.0.1, port: {port}, db_path: db/order-{id} }}\n"
-        ));
-    }
-    if let Some(token) = &opts.token {
-        yaml.push_str(&format!("token: {}\n", serde_json::to_string(token)?));
-    }
-    let path = dir.join("config.yaml");
-    std::fs::write(&path, yaml)?;
-    Ok(path)
-}
-
-/// Ports the kernel hands out for port 0, all held at once so they differ.
-pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
 }

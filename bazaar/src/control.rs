@@ -29,8 +29,11 @@ pub enum Action {
     Continue,
     /// Start again (replicas with `--resume`) and wait until healthy.
     Resume,
-    /// Report `running`, `paused` or `exited` (for `bazaar status`).
+    /// Report `running`, `paused`, `exited` or `restarting`.
     State,
+    /// Report what the supervisor saw and did, as one line of JSON
+    /// ([`Supervised`](crate::cluster::Supervised), for `bazaar status`).
+    Supervision,
 }
 
 impl Action {
@@ -42,6 +45,7 @@ impl Action {
             Action::Continue => "continue",
             Action::Resume => "resume",
             Action::State => "state",
+            Action::Supervision => "supervision",
         }
     }
     fn parse(w: &str) -> Option<Action> {
@@ -52,6 +56,7 @@ impl Action {
             Action::Continue,
             Action::Resume,
             Action::State,
+            Action::Supervision,
         ]
         .into_iter()
         .find(|a| a.word() == w)

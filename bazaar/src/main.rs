@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use bazaar::cluster::Service;
 use bazaar::control::Action;
 use clap::{Parser, Subcommand};
+use common::client::{CallError, ServiceClient};
 use common::config::{Config, DEFAULT_CONFIG_PATH};
 
 /// mimalloc: see the workspace Cargo.toml for why.
@@ -80,47 +81,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         connections: args.connections,
     })
     .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!(
-        "{} cores, {} MiB; {} s per phase",
-        report.nproc,
-        report.memory_kib / 1024,
-        report.duration_s
-    );
-    println!(
-        "{:<18}{:>6}{:>11}{:>10}{:>10}{:>10}{:>8}{:>9}{:>8}",
-        "phase", "conns", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "errors", "×rps", "×p50"
-    );
-    for p in &report.phases {
-        println!(
-            "{:<18}{:>6}{:>11.0}{:>10.0}{:>10.0}{:>10.0}{:>8}{:>9.3}{:>8.2}",
-            p.name,
-            p.connections,
-            p.rps,
-            p.p50_us,
-            p.p99_us,
-            p.p999_us,
-            p.errors,
-            p.rps_ratio,
-            p.p50_ratio
-        );
-    }
-    for r in &report.rss {
-        println!(
-            "rss {:<10} {:>8} KiB -> {:>8} KiB -> {:>8} KiB (start, middle, end of the trade phases; peak {} KiB): {:+.1}% overall, {:+.1}% in the second half",
-            r.service,
-            r.start_kib,
-            r.mid_kib,
-            r.end_kib,
-            r.peak_kib,
-            r.growth_pct,
-            r.second_half_growth_pct
-        );
-    }
-    Ok(())
+    bazaar::report::bench(&report, args.json)
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,6 +98,14 @@ struct ChaosArgs {
     /// Mean seconds between two faults.
     #[arg(long, default_value_t = 3.0)]
     fault_every_s: f64,
+    /// Gray faults too (the default): link cuts through fault proxies, and
+    /// full disks on small tmpfs mounts where the run may mount them (root;
+    /// elsewhere they are skipped with a note).
+    #[arg(long, overrides_with = "no_gray")]
+    gray: bool,
+    /// Process faults only (kill -9, SIGSTOP), no proxies on the links.
+    #[arg(long, overrides_with = "gray")]
+    no_gray: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -152,52 +121,10 @@ async fn chaos(args: &ChaosArgs) -> anyhow::Result<()> {
         seed: args.seed,
         clients: args.clients,
         fault_every: positive_seconds("--fault-every-s", args.fault_every_s)?,
+        gray: !args.no_gray,
     })
     .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        let kinds: Vec<String> = report
-            .faults_by_kind
-            .iter()
-            .map(|(kind, n)| format!("{kind} {n}"))
-            .collect();
-        println!(
-            "seed {}: {} faults ({})",
-            report.seed,
-            report.faults_injected,
-            kinds.join(", ")
-        );
-        println!(
-            "trades acknowledged {}, unknown outcome {}, failed client requests {}, lookups checked {}",
-            report.trades_acknowledged,
-            report.trades_unknown_outcome,
-            report.failed_requests,
-            report.lookups_checked_for_staleness
-        );
-        if report.leader_faults == 0 {
-            println!(
-                "failover: no fault of the leader in this run; orders in the log {}",
-                report.orders_in_log
-            );
-        } else {
-            println!(
-                "failover after {} faults of the leader: p50 {:.1} ms, p99 {:.1} ms; orders in the log {}",
-                report.leader_faults,
-                report.failover_p50_ms,
-                report.failover_p99_ms,
-                report.orders_in_log
-            );
-        }
-        println!("violations: {}", report.violations);
-        for e in &report.examples {
-            println!("  {e}");
-        }
-        if let Some(dir) = &report.kept {
-            println!("data, logs and history.json kept in {}", dir.display());
-        }
-        println!("{}", if report.passed { "PASSED" } else { "FAILED" });
-    }
+    bazaar::report::chaos(&report, args.json)?;
     if !report.passed {
         std::process::exit(1);
     }
@@ -269,31 +196,7 @@ async fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             seed: args.seed,
         })
         .await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!(
-                "kills: {} ({} of the leader); trades acknowledged: {}; failed requests: {}",
-                report.kills,
-                report.leader_kills,
-                report.trades_acknowledged,
-                report.failed_requests
-            );
-            println!(
-                "failover (longest trade around a leader kill): p50 {:.1} ms, max {:.1} ms; trade p50 {:.2} ms p99 {:.2} ms",
-                report.failover_p50_ms,
-                report.failover_max_ms,
-                report.trade_p50_ms,
-                report.trade_p99_ms
-            );
-            println!(
-                "replicas identical: {}; violations: {}",
-                report.replicas_identical, report.verdict.violations
-            );
-            for e in &report.verdict.examples {
-                println!("  {e}");
-            }
-        }
+        bazaar::report::failover(&report, args.json)?;
         anyhow::ensure!(
             report.verdict.violations.total() == 0,
             "the run broke a guarantee (see above)"
@@ -315,14 +218,7 @@ async fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
     })
     .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    }
-    eprintln!(
-        "wrote {0}/eval.csv, {0}/latency.svg and {0}/cache.svg",
-        args.out.display()
-    );
-    Ok(())
+    bazaar::report::eval(&rows, &args.out, args.json)
 }
 
 #[derive(Debug, clap::Args)]
@@ -368,17 +264,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 bazaar::status::frontend_view(&config)
             );
             let (_, run_dir) = bazaar::up::dirs(&cli.config);
-            let paused = bazaar::status::paused(&run_dir, &rows).await;
-            if *json {
-                let out = serde_json::json!({"services": rows, "paused": paused, "frontend": view});
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                bazaar::status::print_table(&rows, &paused);
-                if let Some(view) = &view {
-                    bazaar::status::print_frontend_view(view);
-                }
-            }
-            return Ok(());
+            let up = bazaar::status::up_view(&run_dir, &rows).await;
+            return bazaar::report::status(&rows, &up, view.as_ref(), *json);
         }
         Cmd::Health(t) => {
             let config = Config::load(&cli.config)?;
@@ -390,15 +277,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .map(|o| o.url())
                     .ok_or_else(|| anyhow::anyhow!("no replica with id {id} in the config"))?,
             };
-            let client = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(1))
-                .build()?;
-            let answer = client.get(format!("{url}/health")).send().await;
-            match answer {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => anyhow::bail!("{url}/health answered {}", r.status()),
+            let client = ServiceClient::from_http(
+                reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(1))
+                    .build()?,
+            );
+            return match client.health(&url).await {
+                Ok(_) => Ok(()),
+                Err(CallError::Status { error, .. }) => {
+                    anyhow::bail!("{url}/health answered {}", error.status)
+                }
                 Err(e) => anyhow::bail!("{url}/health: {e}"),
-            }
+            };
         }
         Cmd::Kill(t) => (Action::Kill, t),
         Cmd::Resume(t) => (Action::Resume, t),

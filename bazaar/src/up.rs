@@ -1,8 +1,10 @@
 //! `bazaar up`: the whole cluster as child processes of this one, stopped
-//! cleanly on Ctrl-C, controllable from another terminal.
+//! cleanly on Ctrl-C, controllable from another terminal, and supervised: a
+//! service that exits with `common::EXIT_RESTART` (its storage failed) is
+//! restarted with backoff; any other exit is reported and left alone.
 
 use anyhow::Context;
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,11 +22,15 @@ pub fn dirs(config_path: &Path) -> (PathBuf, PathBuf) {
     (base.join("data/logs"), base.join("data/run"))
 }
 
+/// How often this terminal is told of exits and restarts.
+const REPORT_EVERY: Duration = Duration::from_millis(200);
+
 pub async fn up(config_path: &Path) -> anyhow::Result<()> {
     let (log_dir, run_dir) = dirs(config_path);
     std::fs::create_dir_all(&run_dir)?;
     let generated = ensure_token(config_path)?;
     let mut cluster = Cluster::new(config_path, &log_dir)?;
+    cluster.supervise(true)?;
     let (tx, mut rx) = mpsc::channel(16);
     let socket = control::socket_path(&run_dir);
     control::listen(&socket, tx)?;
@@ -48,27 +54,18 @@ pub async fn up(config_path: &Path) -> anyhow::Result<()> {
     println!("Stop everything with Ctrl-C.");
 
     let mut shutdown = std::pin::pin!(common::http::shutdown_signal());
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut reported: HashSet<Service> = HashSet::new();
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut seen = BTreeMap::new();
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(req) = rx.recv() => {
-                if req.action == Action::Resume || req.action == Action::Continue {
-                    reported.remove(&req.service);
-                }
-                handle(&mut cluster, req).await;
-            }
-            _ = tick.tick() => {
-                for s in cluster.services() {
-                    if cluster.pid(s).is_some() && !cluster.is_running(s) && reported.insert(s) {
-                        println!("{s} exited; bring it back with `bazaar resume {s}`");
-                    }
-                }
-            }
+            Some(req) = rx.recv() => handle(&mut cluster, req).await,
+            _ = tick.tick() => report_changes(&cluster, &mut seen),
         }
     }
     println!("stopping the cluster ...");
+    // Nothing is restarted while it stops.
+    cluster.supervise(false)?;
     let result = cluster.stop_all().await;
     let _ = std::fs::remove_file(&socket);
     if let Some(file) = &generated {
@@ -105,16 +102,14 @@ async fn handle(cluster: &mut Cluster, req: Request) {
                 }
             }
         }
-        // A question from `bazaar status`, not worth a line on this terminal.
+        // Questions from `bazaar status`, not worth a line on this terminal.
         Action::State => {
-            let state = if !cluster.is_running(s) {
-                "exited"
-            } else if cluster.is_paused(s) {
-                "paused"
-            } else {
-                "running"
-            };
-            let _ = req.reply.send(Ok(state.to_string()));
+            let _ = req.reply.send(Ok(cluster.supervised(s).state));
+            return;
+        }
+        Action::Supervision => {
+            let answer = serde_json::to_string(&cluster.supervised(s)).map_err(|e| e.to_string());
+            let _ = req.reply.send(answer);
             return;
         }
     };
@@ -124,6 +119,25 @@ async fn handle(cluster: &mut Cluster, req: Request) {
         Err(msg) => println!("{} {s} failed: {msg}", req.action.word()),
     }
     let _ = req.reply.send(answer);
+}
+
+/// Prints each exit and restart the supervisor saw since the last look;
+/// `seen` holds the exits and restarts already printed, per service.
+fn report_changes(cluster: &Cluster, seen: &mut BTreeMap<Service, (u32, u32)>) {
+    for s in cluster.services() {
+        let now = cluster.supervised(s);
+        let (exits, restarts) = seen.entry(s).or_default();
+        if now.exits > *exits
+            && let Some(exit) = &now.last_exit
+        {
+            println!("{}", crate::status::exit_line(&now, exit, ""));
+        }
+        if now.restarts > *restarts {
+            let pid = now.pid.map_or("-".into(), |p| p.to_string());
+            println!("{s} restarted (pid {pid}, restart #{})", now.restarts);
+        }
+        (*exits, *restarts) = (now.exits, now.restarts);
+    }
 }
 
 fn print_table(cluster: &Cluster) {

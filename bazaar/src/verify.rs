@@ -1,16 +1,24 @@
-//! The end-of-run checks of CONTRACT.md §5, from the dumps of a healed
-//! cluster and what the clients saw: nothing acknowledged lost, no
-//! duplicate or missing numbers, identical replicas, no order without a
-//! request, and the catalog's conservation per stock.
+//! The end-of-run checks of the system's guarantees (README, "Testing"),
+//! from the dumps of a healed cluster and what the clients saw: nothing
+//! acknowledged lost, no duplicate or missing numbers, identical replicas,
+//! no order without a request, and the catalog's conservation per stock.
+//! During a run, [`SoleTrader`] judges every lookup of a stock that one
+//! session trades alone: stale, or showing a quantity no set of trades
+//! explains (the `lookups` module).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use client::verify::{describe, index_by_number};
 use client::{AckedTrade, UnknownTrade};
-use common::types::{Order, StockRow, TradeKind};
+use common::types::{Order, Role, StockRow, TradeKind};
 use serde::Serialize;
 
-use crate::cluster::{Cluster, SHIPPED_STOCKS, Service};
+use crate::cluster::{Cluster, Service};
+
+mod lookups;
+
+pub use lookups::{LookupVerdict, Mark, SoleTrader};
 
 /// Counts of each kind of violation; all zero on a correct run.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -29,6 +37,12 @@ pub struct Violations {
     pub conservation: u64,
     /// Lookups that showed a quantity from before an acknowledged trade.
     pub stale_lookups: u64,
+    /// Lookups that showed a quantity no set of acknowledged trades and
+    /// trades of unknown outcome explains (phantom state).
+    pub unexplained_lookups: u64,
+    /// Services not back to normal (answering, ready, storage ok, caught
+    /// up) within a bound of their fault being healed.
+    pub unhealed_faults: u64,
 }
 
 impl Violations {
@@ -40,6 +54,8 @@ impl Violations {
             + self.unmatched_orders
             + self.conservation
             + self.stale_lookups
+            + self.unexplained_lookups
+            + self.unhealed_faults
     }
 }
 
@@ -47,14 +63,17 @@ impl std::fmt::Display for Violations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "lost {}, duplicates {}, divergent replicas {}, gaps {}, unmatched orders {}, conservation {}, stale lookups {}",
+            "lost {}, duplicates {}, divergent replicas {}, gaps {}, unmatched orders {}, \
+             conservation {}, stale lookups {}, unexplained lookups {}, unhealed faults {}",
             self.lost,
             self.duplicates,
             self.divergent_replicas,
             self.gaps,
             self.unmatched_orders,
             self.conservation,
-            self.stale_lookups
+            self.stale_lookups,
+            self.unexplained_lookups,
+            self.unhealed_faults
         )
     }
 }
@@ -70,15 +89,9 @@ pub struct Verdict {
 
 /// The shipped initial quantity of every stock.
 pub fn initial_stocks() -> BTreeMap<String, u64> {
-    SHIPPED_STOCKS
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut parts = line.split(',');
-            let name = parts.next()?.trim().to_string();
-            let quantity = parts.nth(1)?.trim().parse().ok()?;
-            Some((name, quantity))
-        })
+    client::config::shipped_stocks()
+        .into_iter()
+        .map(|s| (s.name, s.quantity))
         .collect()
 }
 
@@ -95,9 +108,10 @@ pub async fn wait_converged(cluster: &Cluster, timeout: Duration) -> anyhow::Res
         for &r in &replicas {
             highest.push(cluster.health(r).await.map(|h| (h.role, h.highest)));
         }
-        let settled = highest
-            .iter()
-            .all(|h| h.as_ref().is_some_and(|(role, _)| role != "catching-up"));
+        let settled = highest.iter().all(|h| {
+            h.as_ref()
+                .is_some_and(|(role, _)| *role != Role::CatchingUp)
+        });
         let first = highest.first().cloned().flatten().map(|(_, n)| n);
         if settled && highest.iter().all(|h| h.as_ref().map(|(_, n)| *n) == first) {
             return Ok(first.flatten());
@@ -175,28 +189,24 @@ pub fn judge(
     v.duplicates += seen.values().filter(|&&n| n > 1).count() as u64;
 
     let by_number: HashMap<u64, &Order> = log.iter().map(|o| (o.number, o)).collect();
-    let mut acked_numbers: HashMap<u64, &AckedTrade> = HashMap::new();
+    let (acked_numbers, twice) = index_by_number(acked);
+    for (earlier, t) in twice {
+        v.duplicates += 1;
+        note(format!(
+            "number {} acknowledged for two trades ({} and {})",
+            t.number, earlier.key, t.key
+        ));
+    }
     for t in acked {
-        if let Some(other) = acked_numbers.insert(t.number, t) {
-            v.duplicates += 1;
-            note(format!(
-                "number {} acknowledged for two trades ({} and {})",
-                t.number, other.key, t.key
-            ));
-        }
         match by_number.get(&t.number) {
             Some(o) if o.name == t.name && o.kind == t.kind && o.quantity == t.quantity => {}
             Some(o) => {
                 v.lost += 1;
                 note(format!(
-                    "order {}: acknowledged {} {} {}, the log holds {} {} {}",
+                    "order {}: acknowledged {}, the log holds {}",
                     t.number,
-                    t.kind.as_str(),
-                    t.quantity,
-                    t.name,
-                    o.kind.as_str(),
-                    o.quantity,
-                    o.name
+                    describe(t.kind, t.quantity, &t.name),
+                    describe(o.kind, o.quantity, &o.name)
                 ));
             }
             None => {
@@ -223,11 +233,9 @@ pub fn judge(
             _ => {
                 v.unmatched_orders += 1;
                 note(format!(
-                    "order {} ({} {} {}) matches no request",
+                    "order {} ({}) matches no request",
                     o.number,
-                    o.kind.as_str(),
-                    o.quantity,
-                    o.name
+                    describe(o.kind, o.quantity, &o.name)
                 ));
             }
         }

@@ -13,10 +13,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bazaar::cluster::{ScratchOptions, Service, free_ports};
 use common::types::TradeKind;
+use common::wait::{poll, try_poll};
 use serde_json::{Value, json};
 use support::*;
 
@@ -220,18 +221,22 @@ impl Browser {
             http,
             session: String::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = match browser.http.get(format!("{root}/status")).send().await {
-                Ok(r) => r.json::<Value>().await.ok(),
-                Err(_) => None,
-            };
-            if ready.is_some_and(|v| v["value"]["ready"] == true) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "chromedriver not ready in 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll(
+            "chromedriver to be ready",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || async {
+                let r = browser
+                    .http
+                    .get(format!("{root}/status"))
+                    .send()
+                    .await
+                    .ok()?;
+                let v = r.json::<Value>().await.ok()?;
+                (v["value"]["ready"] == true).then_some(())
+            },
+        )
+        .await;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -320,18 +325,20 @@ impl Browser {
         text.as_str().map(|s| s.trim().to_owned())
     }
 
+    /// `common::wait` on the page: on a timeout the panic shows the page's text.
     async fn wait_for<'a, F, Fut>(&'a self, what: &str, timeout: Duration, mut cond: F)
     where
         F: FnMut(&'a Browser) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + timeout;
-        while !cond(self).await {
-            if Instant::now() >= deadline {
-                let body = self.text("body").await.unwrap_or_default();
-                panic!("timed out after {timeout:?} waiting for {what}; the page shows:\n{body}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let waited = try_poll(what, timeout, Duration::from_millis(100), || {
+            let holds = cond(self);
+            async move { holds.await.then_some(()) }
+        })
+        .await;
+        if let Err(e) = waited {
+            let body = self.text("body").await.unwrap_or_default();
+            panic!("{e}; the page shows:\n{body}");
         }
     }
 

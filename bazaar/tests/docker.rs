@@ -6,10 +6,11 @@
 //! and runs the real `client` from the host. Then it `docker kill`s the
 //! leader container under load and restarts it, cuts the new leader off the
 //! network with `docker network disconnect` and reconnects it after another
-//! container took its address, and checks the guarantees of CONTRACT.md §5
-//! from the dumps: three identical, contiguous order logs holding every
-//! acknowledged trade (and nothing beyond the trades a client saw fail), and
-//! catalog conservation. `docker compose down -v` runs whatever happens.
+//! container took its address, and checks the cluster's guarantees (README,
+//! "Testing") from the dumps: three identical, contiguous order logs holding
+//! every acknowledged trade (and nothing beyond the trades a client saw
+//! fail), and catalog conservation. `docker compose down -v` runs whatever
+//! happens.
 //!
 //! Skipped, with the reason on stderr, when no Docker engine or Compose
 //! answers, when the service binaries are not built, or when
@@ -24,6 +25,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::types::{Health, Order, StockRow};
+use common::wait::poll;
 use serde_json::Value;
 
 const BINARIES: [&str; 5] = ["catalog", "order", "frontend", "client", "bazaar"];
@@ -165,25 +167,6 @@ impl Drop for Stack {
             Err(e) => report(&format!("`down -v` of {} failed: {e}", self.project)),
         }
         let _ = run(Command::new("docker").args(["image", "rm", "-f", &self.image]));
-    }
-}
-
-/// Polls `probe` every `every` until it returns `Some`, panicking after `timeout`.
-async fn poll<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(every).await;
     }
 }
 

@@ -3,10 +3,11 @@
 //! terminal", and Ctrl-C stops everything.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bazaar::cluster::{ScratchOptions, bin_dir, write_scratch_config};
 use common::config::Config;
+use common::wait::{try_poll_blocking, wait_until_blocking};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -17,15 +18,6 @@ fn bazaar(config: &std::path::Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("bazaar runs")
-}
-
-/// Polls `cond` every 50 ms until it holds, or fails naming `what`.
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `GET /health` over a plain socket: true on a 200.
@@ -72,7 +64,7 @@ fn bazaar_up_runs_a_cluster_the_client_can_verify() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap());
-    wait_for(
+    wait_until_blocking(
         "the front-end of bazaar up",
         Duration::from_secs(30),
         || healthy(&frontend),
@@ -152,7 +144,7 @@ fn bazaar_up_runs_a_cluster_the_client_can_verify() {
     );
     let out = bazaar(&config_path, &["continue", "order", "--id", "1"]);
     assert!(out.status.success(), "{out:?}");
-    wait_for("order-1 to answer again", Duration::from_secs(20), || {
+    wait_until_blocking("order-1 to answer again", Duration::from_secs(20), || {
         let out = bazaar(&config_path, &["status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         status["services"]
@@ -163,14 +155,13 @@ fn bazaar_up_runs_a_cluster_the_client_can_verify() {
 
     // Ctrl-C stops every service and the launcher exits 0.
     kill(Pid::from_raw(up.0.id().cast_signed()), Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = up.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "bazaar up did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = try_poll_blocking(
+        "bazaar up to stop",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || up.0.try_wait().unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("bazaar up did not stop: {e}"));
     assert!(code.success(), "bazaar up exited with {code}");
     for url in std::iter::once(config.catalog_url())
         .chain(config.orders.iter().map(|o| o.url()))

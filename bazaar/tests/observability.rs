@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bazaar::cluster::{ScratchOptions, Service};
 use common::types::{ClusterStatus, TradeKind};
+use common::wait::wait_until;
 use support::*;
 
 /// Parsed OpenMetrics text: (name, labels) → value.

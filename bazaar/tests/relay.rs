@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bazaar::cluster::{ScratchOptions, Service};
 use common::types::{MAX_TRADE_BATCH, ROLE_HEADER};
+use common::wait::{poll, wait_until};
 use serde_json::{Value, json};
 use support::*;
 
@@ -62,19 +63,17 @@ async fn leader_answers_each_trade_of_a_batch() {
         "request_ids": ["r1", "r2", "r3", "r4", "r5", "r6"],
     });
     // A just-selected leader answers 503 (catching-up) until it has caught up.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let (status, answer) = loop {
-        let (status, answer, role) = batch_to(&t, Service::Order(3), &body, Some(TOKEN)).await;
-        if status == 503 && role.as_deref() == Some("catching-up") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still catching up: {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        break (status, answer);
-    };
+    let (status, answer) = poll(
+        "order-3 to take the batch rather than answer 503 catching-up",
+        Duration::from_secs(10),
+        common::wait::POLL_EVERY,
+        || async {
+            let (status, answer, role) = batch_to(&t, Service::Order(3), &body, Some(TOKEN)).await;
+            let catching_up = status == 503 && role.as_deref() == Some("catching-up");
+            (!catching_up).then_some((status, answer))
+        },
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     let outcomes = answer["data"]["outcomes"].as_array().expect("outcomes");
     assert_eq!(outcomes.len(), 6, "{answer}");

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bazaar::cluster::{ScratchOptions, Service};
 use common::fault::{AFTER_CATALOG_APPLY, AFTER_LOCAL_APPEND, BEFORE_ACK, FAULT_ENV};
 use common::types::{Order, TradeKind};
+use common::wait::wait_until;
 use support::*;
 
 const LEADER: Service = Service::Order(3);

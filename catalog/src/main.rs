@@ -21,6 +21,9 @@ async fn main() {
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     if let Some(Command::Dump) = cli.command {
+        if cli.rebuild {
+            anyhow::bail!("--rebuild starts the catalog; `catalog dump` only reads");
+        }
         let mut out = std::io::stdout().lock();
         for row in catalog::dump(&config).await? {
             use std::io::Write;
@@ -29,7 +32,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let listener = common::http::bind("catalog", &config.catalog.host, config.catalog.port).await?;
-    let state = catalog::open(&config).await?;
+    let state = if cli.rebuild {
+        catalog::rebuild_and_open(&config).await?
+    } else {
+        catalog::open(&config).await?
+    };
     tracing::info!(addr = %listener.local_addr()?, "catalog listening");
     catalog::run(listener, state, common::http::shutdown_signal()).await?;
     tracing::info!("catalog stopped; database flushed");

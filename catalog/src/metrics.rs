@@ -12,6 +12,7 @@ pub struct CatalogMetrics {
     pub trades_applied: Counter,
     pub trades_rejected: Counter,
     pub apply_batches: Counter,
+    /// Flushes of the database; `store::Catalog` counts and times them.
     pub flush: FlushMetrics,
 }
 

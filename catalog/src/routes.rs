@@ -1,23 +1,22 @@
 //! HTTP routes of the catalog. Public: `GET /stocks/{name}`, `GET /health`.
 //! Internal (cluster token): `POST /apply`, `POST /fence`, `GET /applied`,
-//! `GET /dump`.
+//! `GET /dump` (see docs/PROTOCOL.md). Handlers answer with
+//! [`CatalogError`], which maps each failure to its status once.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use common::ApiError;
 use common::http::{JsonBody, PathParam, QueryParams};
 use common::types::{
-    ApplyBatch, ApplyResult, ConflictBody, Data, Fence, FenceResult, Health, RangeQuery, Stock,
-    TradeOutcome,
+    ApplyBatch, ApplyResult, Data, Fence, FenceResult, Health, OrderRecord, RangeQuery, Role,
+    Stock, StockRow, TradeOutcome,
 };
 
+use crate::error::CatalogError;
 use crate::invalidate::Invalidator;
-use crate::store::{Catalog, StoreError};
+use crate::store::Catalog;
 
 /// Largest batch a leader may send; bounds the transaction size.
 pub const MAX_APPLY_BATCH: usize = 4096;
@@ -43,95 +42,91 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    ApiError::internal(e.to_string())
-}
-
+/// Alive, and ready while its storage works: a catalog whose storage
+/// failed serves lookups of what is durable but applies nothing until it
+/// restarts (by itself, see `common::storage`).
 async fn health(State(s): State<AppState>) -> Json<Health> {
     let (epoch, next) = s.catalog.position().await;
+    let (storage, cause) = s.catalog.storage();
+    let reason = cause.map(|cause| {
+        format!(
+            "storage {}: trades are refused until the catalog restarts on what is durable \
+             ({cause})",
+            storage.as_str()
+        )
+    });
     Json(Health {
         service: "catalog".into(),
         id: None,
-        role: "up".into(),
+        role: Role::Up,
         epoch,
         highest: next.checked_sub(1),
+        ready: reason.is_none(),
+        reason,
+        storage,
     })
 }
 
 async fn lookup(
     State(s): State<AppState>,
     PathParam(name): PathParam<String>,
-) -> Result<Json<Data<Stock>>, ApiError> {
-    common::types::validate_stock_name(&name).map_err(ApiError::bad_request)?;
-    match s.catalog.get(&name).map_err(store_error)? {
+) -> Result<Json<Data<Stock>>, CatalogError> {
+    common::types::validate_stock_name(&name).map_err(CatalogError::BadRequest)?;
+    match s.catalog.get(&name)? {
         Some(row) => Ok(Json(Data::new(Stock {
             name: row.name,
             price: row.price,
             quantity: row.quantity,
         }))),
-        None => Err(ApiError::not_found(format!("unknown stock {name}"))),
+        None => Err(CatalogError::UnknownStock(name)),
     }
 }
 
 async fn apply(
     State(s): State<AppState>,
     JsonBody(batch): JsonBody<ApplyBatch>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ApplyResult>, CatalogError> {
     if batch.trades.len() > MAX_APPLY_BATCH {
-        return Err(ApiError::bad_request(format!(
+        return Err(CatalogError::BadRequest(format!(
             "at most {MAX_APPLY_BATCH} trades per batch"
         )));
     }
-    match s.catalog.apply(&batch).await.map_err(store_error)? {
-        Err(conflict) => {
-            Ok((StatusCode::CONFLICT, Json(ConflictBody { conflict })).into_response())
-        }
-        Ok(outcomes) => {
-            common::fault::point(common::fault::CATALOG_BEFORE_REPLY);
-            tracing::debug!(trades = outcomes.len(), base = batch.base, "batch applied");
-            let m = &crate::metrics::METRICS;
-            m.apply_batches.inc();
-            for o in &outcomes {
-                match o {
-                    TradeOutcome::Applied { .. } => m.trades_applied.inc(),
-                    TradeOutcome::Rejected { .. } => m.trades_rejected.inc(),
-                };
+    let outcomes = s.catalog.apply(&batch).await?;
+    common::fault::point(common::fault::CATALOG_BEFORE_REPLY);
+    tracing::debug!(trades = outcomes.len(), base = batch.base, "batch applied");
+    let m = &crate::metrics::METRICS;
+    m.apply_batches.inc();
+    for o in &outcomes {
+        match o {
+            TradeOutcome::Applied { .. } => m.trades_applied.inc(),
+            TradeOutcome::Rejected { .. } => m.trades_rejected.inc(),
+        };
+    }
+    if let Some(inv) = &s.invalidator {
+        for (t, o) in batch.trades.iter().zip(&outcomes) {
+            if matches!(o, TradeOutcome::Applied { .. }) {
+                inv.push(&t.name);
             }
-            if let Some(inv) = &s.invalidator {
-                for (t, o) in batch.trades.iter().zip(&outcomes) {
-                    if matches!(o, TradeOutcome::Applied { .. }) {
-                        inv.push(&t.name);
-                    }
-                }
-            }
-            Ok(Json(ApplyResult { outcomes }).into_response())
         }
     }
+    Ok(Json(ApplyResult { outcomes }))
 }
 
 async fn fence(
     State(s): State<AppState>,
     JsonBody(f): JsonBody<Fence>,
-) -> Result<Response, ApiError> {
-    match s.catalog.fence(f.epoch).await.map_err(store_error)? {
-        Ok(next) => Ok(Json(FenceResult { next }).into_response()),
-        Err(conflict) => {
-            Ok((StatusCode::CONFLICT, Json(ConflictBody { conflict })).into_response())
-        }
-    }
+) -> Result<Json<FenceResult>, CatalogError> {
+    let next = s.catalog.fence(f.epoch).await?;
+    Ok(Json(FenceResult { next }))
 }
 
 async fn applied(
     State(s): State<AppState>,
     QueryParams(q): QueryParams<RangeQuery>,
-) -> Result<Response, ApiError> {
-    let records = s
-        .catalog
-        .applied_range(q.from, q.limit)
-        .map_err(store_error)?;
-    Ok(Json(records).into_response())
+) -> Result<Json<Vec<OrderRecord>>, CatalogError> {
+    Ok(Json(s.catalog.applied_range(q.from, q.limit)?))
 }
 
-async fn dump(State(s): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(s.catalog.dump().map_err(store_error)?).into_response())
+async fn dump(State(s): State<AppState>) -> Result<Json<Vec<StockRow>>, CatalogError> {
+    Ok(Json(s.catalog.dump()?))
 }

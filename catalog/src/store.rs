@@ -3,15 +3,45 @@
 //! leader can reconcile the order log with what the catalog really did.
 //!
 //! Every change is one sled transaction over all trees and is flushed before
-//! the caller hears of it.
+//! the caller hears of it. The trade arithmetic is [`crate::rules::trade`];
+//! this file and `common::storage` are the only code of the catalog that
+//! names the engine.
+//!
+//! Lookups are served from the last durable state: a copy of the stocks
+//! (the catalog holds few) updated only after a flush succeeds, and applied
+//! orders below the durable next number. So no lookup ever shows a trade
+//! between its transaction and its flush, nor, after a failed flush (sled
+//! keeps the failed write in memory), one that never became durable. After
+//! such a failure every write is refused (503) until the process restarts
+//! on what is on disk (see `common::storage`).
+//!
+//! Every record carries a checksum (in databases of the checksummed
+//! format). Opening checks every stock and every applied order (checksums,
+//! numbers from 0 without a gap): [`Catalog::open`] before it returns, and
+//! [`Catalog::open_serving`] too while they are few, else the newest before
+//! and the rest in the background (`common::storage::scan`). Damage refuses
+//! to start, and `catalog --rebuild` rebuilds from the stocks file and the
+//! order log.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::types::{ApplyBatch, ApplyConflict, OrderRecord, StockRow, TradeKind, TradeOutcome};
+use common::storage::{
+    self, Bounds, Database, Format, Scan, ScanState, StorageHealth, StoreError, encode_key,
+};
+use common::types::{ApplyBatch, ApplyConflict, OrderRecord, StockRow, StorageState, TradeOutcome};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 use tokio::sync::Mutex;
+
+use crate::error::CatalogError;
+use crate::metrics::METRICS;
+use crate::rules::{self, Holding};
+
+pub use common::storage::MAX_RANGE;
 
 /// A stock as stored (the name is the key).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -21,142 +51,188 @@ struct StockValue {
     volume: u64,
 }
 
-const EPOCH_KEY: &[u8] = b"epoch";
-/// Most records one `/applied` page returns; bounds response size and memory.
-pub const MAX_RANGE: u32 = 1000;
+impl StockValue {
+    fn held(self) -> Holding {
+        Holding {
+            quantity: self.quantity,
+            volume: self.volume,
+        }
+    }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Open(#[from] common::storage::OpenError),
-    #[error("database error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record in {tree}: {message}")]
-    Corrupt { tree: &'static str, message: String },
-    #[error("cannot load stocks from {path}: {message}")]
-    Stocks { path: String, message: String },
+    fn row(self, name: String) -> StockRow {
+        StockRow {
+            name,
+            price: self.price,
+            quantity: self.quantity,
+            volume: self.volume,
+        }
+    }
 }
 
+const EPOCH_KEY: &[u8] = b"epoch";
+
 /// Serialises batches and fences: the catalog is the single point that
-/// orders trades, so these run one at a time.
+/// orders trades, so these run one at a time. Both figures are durable.
 struct Sequencer {
     epoch: u64,
     next: u64,
 }
 
+/// The stocks a transaction changed, to copy once they are durable.
+type Changed = Vec<(String, StockValue)>;
+
 pub struct Catalog {
-    db: sled::Db,
+    db: Database,
     stocks: sled::Tree,
     applied: sled::Tree,
-    meta: sled::Tree,
     seq: Mutex<Sequencer>,
-}
-
-fn decode<T: for<'a> Deserialize<'a>>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        tree,
-        message: e.to_string(),
-    })
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("postcard encodes plain structs without failing")
-}
-
-fn key_number(tree: &'static str, key: &[u8]) -> Result<u64, StoreError> {
-    common::storage::decode_u64(key).ok_or_else(|| StoreError::Corrupt {
-        tree,
-        message: format!("key of {} bytes", key.len()),
-    })
+    /// The stocks as last made durable: what lookups and dumps serve.
+    durable: RwLock<BTreeMap<String, StockValue>>,
+    /// One more than the highest durable applied order.
+    durable_next: AtomicU64,
+    /// The check of every applied order (see `common::storage::scan`).
+    scan: Scan,
 }
 
 impl Catalog {
+    /// Opens the database and checks every record before it returns: for
+    /// tools (`catalog dump`, `--rebuild`) and tests.
     pub fn open(path: &Path) -> Result<Catalog, StoreError> {
-        let db = common::storage::open_db(path, "the catalog")?;
-        let stocks = db.open_tree("stocks")?;
-        let applied = db.open_tree("applied")?;
-        let meta = db.open_tree("meta")?;
-        let next =
-            match applied.last()? {
-                Some((k, _)) => key_number("applied", &k)?.checked_add(1).ok_or_else(|| {
-                    StoreError::Corrupt {
-                        tree: "applied",
-                        message: "the last order number is u64::MAX; no number is left".into(),
-                    }
-                })?,
-                None => 0,
-            };
-        let epoch = match meta.get(EPOCH_KEY)? {
-            Some(v) => key_number("meta", &v)?,
-            None => 0,
+        Self::open_with(path, None, Bounds::SERVICE)
+    }
+
+    /// Opens the database of the running catalog: every stock is checked
+    /// before it returns, and every applied order while there are at most
+    /// [`storage::EAGER_LIMIT`]; past that the newest [`storage::TAIL`]
+    /// are checked here and the rest on a background thread, which calls
+    /// `on_damage` if it finds damage (see `common::storage::scan`).
+    pub fn open_serving(
+        path: &Path,
+        on_damage: impl FnOnce(StoreError) + Send + 'static,
+    ) -> Result<Catalog, StoreError> {
+        Self::open_with(path, Some(Box::new(on_damage)), Bounds::SERVICE)
+    }
+
+    fn open_with(
+        path: &Path,
+        on_damage: Option<Box<dyn FnOnce(StoreError) + Send>>,
+        bounds: Bounds,
+    ) -> Result<Catalog, StoreError> {
+        let db = Database::open(path, "the catalog", "catalog")?;
+        let stocks = db.tree("stocks")?;
+        let applied = db.tree("applied")?;
+        let format = db.format();
+        let next = storage::next_number(&applied, "applied")?;
+        let epoch = format
+            .get_number(db.meta(), "meta", EPOCH_KEY)?
+            .unwrap_or(0);
+        let mut durable = BTreeMap::new();
+        for kv in stocks.iter() {
+            let (k, v) = kv?;
+            let value: StockValue = format.decode("stocks", &k, &v)?;
+            durable.insert(String::from_utf8_lossy(&k).into_owned(), value);
+        }
+        let scan = match on_damage {
+            Some(on_damage) if next > bounds.eager => {
+                verify_applied(format, &applied, next.saturating_sub(bounds.tail), next)?;
+                let applied = applied.clone();
+                Scan::in_background(
+                    "catalog",
+                    move || verify_applied(format, &applied, 0, next),
+                    on_damage,
+                )
+            }
+            _ => {
+                verify_applied(format, &applied, 0, next)?;
+                Scan::passed()
+            }
         };
         Ok(Catalog {
             db,
             stocks,
             applied,
-            meta,
             seq: Mutex::new(Sequencer { epoch, next }),
+            durable: RwLock::new(durable),
+            durable_next: AtomicU64::new(next),
+            scan,
         })
     }
 
-    /// Loads `name,price,quantity` rows when the database holds no stock yet.
-    /// Returns how many stocks were loaded.
-    pub async fn load_initial(&self, csv_path: &Path) -> Result<usize, StoreError> {
-        if !self.stocks.is_empty() {
+    /// Where the check of every applied order stands (`Running` while a
+    /// long record is checked in the background).
+    pub fn scan(&self) -> ScanState {
+        self.scan.state()
+    }
+
+    /// The storage state `/health` reports, and the first error's text.
+    pub fn storage(&self) -> (StorageState, Option<String>) {
+        self.db.health().state()
+    }
+
+    /// The storage health handle (shared with the recovery watcher).
+    pub fn health(&self) -> &StorageHealth {
+        self.db.health()
+    }
+
+    /// Whether records carry checksums (databases written before them do
+    /// not, until rebuilt).
+    pub fn format(&self) -> Format {
+        self.db.format()
+    }
+
+    fn durable(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, StockValue>> {
+        // A panic while the lock is held cannot leave the map half-updated
+        // (updates are single inserts), so a poisoned lock is still good.
+        self.durable.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn make_durable(&self, changed: Changed) {
+        let mut map = self.durable.write().unwrap_or_else(|e| e.into_inner());
+        map.extend(changed);
+    }
+
+    /// Loads the stocks of `csv_path` (see `common::stocks`) when the
+    /// database holds no stock yet. Returns how many stocks were loaded.
+    pub async fn load_initial(&self, csv_path: &Path) -> Result<usize, CatalogError> {
+        if !self.durable().is_empty() {
             return Ok(0);
         }
-        let err = |message: String| StoreError::Stocks {
+        let err = |message: String| CatalogError::Stocks {
             path: csv_path.display().to_string(),
             message,
         };
         let text = std::fs::read_to_string(csv_path).map_err(|e| err(e.to_string()))?;
-        let rows = parse_stocks_csv(&text).map_err(err)?;
+        let seeds = common::stocks::parse(&text).map_err(err)?;
+        let format = self.db.format();
         let mut batch = sled::Batch::default();
-        for (name, price, quantity) in &rows {
-            batch.insert(
-                name.as_bytes(),
-                encode(&StockValue {
-                    price: *price,
-                    quantity: *quantity,
-                    volume: 0,
-                }),
-            );
+        let mut changed = Changed::with_capacity(seeds.len());
+        for seed in &seeds {
+            let value = StockValue {
+                price: seed.price,
+                quantity: seed.quantity,
+                volume: 0,
+            };
+            let key = seed.name.as_bytes();
+            batch.insert(key, format.encode(key, &value));
+            changed.push((seed.name.clone(), value));
         }
-        self.stocks.apply_batch(batch)?;
-        crate::metrics::METRICS.flush.flush(&self.db).await?;
-        Ok(rows.len())
+        self.db.write(|| Ok(self.stocks.apply_batch(batch)?))?;
+        self.flush().await?;
+        self.make_durable(changed);
+        Ok(seeds.len())
     }
 
     pub fn get(&self, name: &str) -> Result<Option<StockRow>, StoreError> {
-        match self.stocks.get(name.as_bytes())? {
-            None => Ok(None),
-            Some(v) => {
-                let s: StockValue = decode("stocks", &v)?;
-                Ok(Some(StockRow {
-                    name: name.to_string(),
-                    price: s.price,
-                    quantity: s.quantity,
-                    volume: s.volume,
-                }))
-            }
-        }
+        Ok(self.durable().get(name).map(|v| v.row(name.to_string())))
     }
 
     /// Every stock, ascending by name.
     pub fn dump(&self) -> Result<Vec<StockRow>, StoreError> {
-        self.stocks
+        Ok(self
+            .durable()
             .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let s: StockValue = decode("stocks", &v)?;
-                Ok(StockRow {
-                    name: String::from_utf8_lossy(&k).into_owned(),
-                    price: s.price,
-                    quantity: s.quantity,
-                    volume: s.volume,
-                })
-            })
-            .collect()
+            .map(|(name, v)| v.row(name.clone()))
+            .collect())
     }
 
     /// (epoch, next order number).
@@ -167,75 +243,93 @@ impl Catalog {
 
     /// A leader of `epoch` announces itself; older leaders are refused from
     /// now on. Returns the next order number the catalog expects.
-    pub async fn fence(&self, epoch: u64) -> Result<Result<u64, ApplyConflict>, StoreError> {
+    pub async fn fence(&self, epoch: u64) -> Result<u64, CatalogError> {
         let mut seq = self.seq.lock().await;
         if epoch < seq.epoch {
-            return Ok(Err(ApplyConflict::StaleEpoch { current: seq.epoch }));
+            return Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
+                current: seq.epoch,
+            }));
         }
         if epoch > seq.epoch {
-            self.meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
-            crate::metrics::METRICS.flush.flush(&self.db).await?;
+            let value = self.db.format().encode_number(EPOCH_KEY, epoch);
+            self.db
+                .write(|| Ok(self.db.meta().insert(EPOCH_KEY, value)?))?;
+            self.flush().await?;
             seq.epoch = epoch;
         }
-        Ok(Ok(seq.next))
+        Ok(seq.next)
     }
 
-    /// Applies the trades of a batch in order, atomically and durably. The
-    /// successful ones take the numbers `base`, `base + 1`, ...
-    pub async fn apply(
-        &self,
-        batch: &ApplyBatch,
-    ) -> Result<Result<Vec<TradeOutcome>, ApplyConflict>, StoreError> {
+    /// Applies the trades of a batch in order, atomically and durably, by
+    /// [`rules::trade`]. The successful ones take the numbers `base`,
+    /// `base + 1`, ...; a refused one is an outcome, not an error.
+    pub async fn apply(&self, batch: &ApplyBatch) -> Result<Vec<TradeOutcome>, CatalogError> {
         let mut seq = self.seq.lock().await;
         if batch.epoch < seq.epoch {
-            return Ok(Err(ApplyConflict::StaleEpoch { current: seq.epoch }));
+            return Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
+                current: seq.epoch,
+            }));
         }
         if batch.base != seq.next {
-            return Ok(Err(ApplyConflict::Sequence { next: seq.next }));
+            return Err(CatalogError::Conflict(ApplyConflict::Sequence {
+                next: seq.next,
+            }));
         }
-        if batch.base.checked_add(batch.trades.len() as u64).is_none() {
-            return Err(StoreError::Corrupt {
-                tree: "applied",
-                message: format!("order numbers from {} are exhausted", batch.base),
-            });
-        }
+        let exhausted = || StoreError::Corrupt {
+            tree: "applied",
+            message: format!("order numbers from {} are exhausted", batch.base),
+        };
+        let count = u64::try_from(batch.trades.len()).map_err(|_| exhausted())?;
+        batch.base.checked_add(count).ok_or_else(exhausted)?;
+        let (outcomes, next, changed) = self.db.write(|| self.transact(batch))?;
+        self.flush().await?;
+        self.make_durable(changed);
+        self.durable_next.store(next, Ordering::Release);
+        seq.epoch = batch.epoch;
+        seq.next = next;
+        Ok(outcomes)
+    }
+
+    /// The transaction of [`apply`](Self::apply): outcomes, the next
+    /// number, and the stocks it changed (in order; a later change of the
+    /// same stock comes later).
+    fn transact(
+        &self,
+        batch: &ApplyBatch,
+    ) -> Result<(Vec<TradeOutcome>, u64, Changed), StoreError> {
+        let format = self.db.format();
         let result =
-            (&self.stocks, &self.applied, &self.meta).transaction(|(stocks, applied, meta)| {
+            (&self.stocks, &self.applied, self.db.meta()).transaction(|(stocks, applied, meta)| {
+                let abort = ConflictableTransactionError::Abort;
                 let mut outcomes = Vec::with_capacity(batch.trades.len());
+                let mut changed = Changed::new();
                 let mut number = batch.base;
                 for t in &batch.trades {
-                    let Some(raw) = stocks.get(t.name.as_bytes())? else {
-                        outcomes.push(TradeOutcome::Rejected {
-                            code: 404,
-                            message: format!("unknown stock {}", t.name),
-                        });
-                        continue;
+                    let key = t.name.as_bytes();
+                    let stock = match stocks.get(key)? {
+                        Some(raw) => Some(
+                            format
+                                .decode::<StockValue>("stocks", key, &raw)
+                                .map_err(abort)?,
+                        ),
+                        None => None,
                     };
-                    let mut s: StockValue = postcard::from_bytes(&raw)
-                        .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
-                    let new_quantity = match t.kind {
-                        TradeKind::Buy => s.quantity.checked_sub(t.quantity),
-                        TradeKind::Sell => s.quantity.checked_add(t.quantity),
+                    let (stock, held) = match (stock, rules::trade(stock.map(StockValue::held), t))
+                    {
+                        (_, Err(rejection)) => {
+                            outcomes.push(rejection.into());
+                            continue;
+                        }
+                        (Some(stock), Ok(held)) => (stock, held),
+                        (None, Ok(_)) => unreachable!("the rules refuse trades on unknown stocks"),
                     };
-                    let (Some(quantity), Some(volume)) =
-                        (new_quantity, s.volume.checked_add(t.quantity))
-                    else {
-                        let message = match t.kind {
-                            TradeKind::Buy => format!(
-                                "not enough {} to buy: {} left, {} asked",
-                                t.name, s.quantity, t.quantity
-                            ),
-                            TradeKind::Sell => format!(
-                                "selling {} {} would overflow the quantity",
-                                t.quantity, t.name
-                            ),
-                        };
-                        outcomes.push(TradeOutcome::Rejected { code: 409, message });
-                        continue;
+                    let value = StockValue {
+                        quantity: held.quantity,
+                        volume: held.volume,
+                        ..stock
                     };
-                    s.quantity = quantity;
-                    s.volume = volume;
-                    stocks.insert(t.name.as_bytes(), encode(&s))?;
+                    stocks.insert(key, format.encode(key, &value))?;
+                    changed.push((t.name.clone(), value));
                     let record = OrderRecord {
                         number,
                         name: t.name.clone(),
@@ -243,100 +337,78 @@ impl Catalog {
                         quantity: t.quantity,
                         key: t.key.clone(),
                     };
-                    applied.insert(&number.to_be_bytes(), encode(&record))?;
+                    let number_key = encode_key(number);
+                    applied.insert(&number_key, format.encode(&number_key, &record))?;
                     outcomes.push(TradeOutcome::Applied { number });
                     // Checked above: base + batch length fits in a u64.
                     number = number.saturating_add(1);
                 }
-                meta.insert(EPOCH_KEY, &batch.epoch.to_be_bytes())?;
-                Ok(outcomes)
+                meta.insert(EPOCH_KEY, format.encode_number(EPOCH_KEY, batch.epoch))?;
+                Ok((outcomes, number, changed))
             });
-        let outcomes = match result {
-            Ok(o) => o,
-            Err(TransactionError::Abort(message)) => {
-                return Err(StoreError::Corrupt {
-                    tree: "stocks",
-                    message,
-                });
-            }
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
-        crate::metrics::METRICS.flush.flush(&self.db).await?;
-        seq.epoch = batch.epoch;
-        seq.next += outcomes
-            .iter()
-            .filter(|o| matches!(o, TradeOutcome::Applied { .. }))
-            .count() as u64;
-        Ok(Ok(outcomes))
+        Ok(result?)
     }
 
-    /// Applied orders `from..from+limit` (at most [`MAX_RANGE`]).
+    /// Applied orders `from..from+limit` (at most [`MAX_RANGE`]), durable
+    /// ones only.
     pub fn applied_range(&self, from: u64, limit: u32) -> Result<Vec<OrderRecord>, StoreError> {
-        self.applied
-            .range(from.to_be_bytes()..)
-            .take(limit.min(MAX_RANGE) as usize)
-            .map(|kv| {
-                let (k, v) = kv?;
-                let record: OrderRecord = decode("applied", &v)?;
-                let number = key_number("applied", &k)?;
-                if record.number != number {
-                    return Err(StoreError::Corrupt {
-                        tree: "applied",
-                        message: format!("key {number} holds order {}", record.number),
-                    });
-                }
-                Ok(record)
-            })
-            .collect()
+        let below = self.durable_next.load(Ordering::Acquire);
+        let format = self.db.format();
+        self.db
+            .read(format.range(&self.applied, "applied", from, below, limit))
     }
 
+    /// Makes every write so far durable, counting and timing the flush
+    /// (a refused one, after a failure, is not a flush).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        crate::metrics::METRICS.flush.flush(&self.db).await?;
-        Ok(())
+        self.db.health().check()?;
+        METRICS.flush.time(self.db.flush()).await
     }
 }
 
-/// Parses `name,price,quantity` lines (a header line is allowed).
-pub fn parse_stocks_csv(text: &str) -> Result<Vec<(String, f64, u64)>, String> {
-    let mut rows = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || (i == 0 && line.starts_with("name")) {
-            continue;
+/// Checks the applied orders `from..below`: each decodes (and passes its
+/// checksum), the first applied order is 0, and the numbers run without a
+/// gap. Orders applied since (from `below` on) are left alone.
+fn verify_applied(
+    format: Format,
+    applied: &sled::Tree,
+    from: u64,
+    below: u64,
+) -> Result<(), StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        tree: "applied",
+        message,
+    };
+    if let Some((k, _)) = applied.first()? {
+        let first = storage::decode_number("applied", &k)?;
+        if first != 0 {
+            return Err(corrupt(format!(
+                "order 0 is missing (the first one held is {first})"
+            )));
         }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [name, price, quantity] = fields.as_slice() else {
-            return Err(format!("line {}: expected name,price,quantity", i + 1));
-        };
-        common::types::validate_stock_name(name).map_err(|e| format!("line {}: {e}", i + 1))?;
-        let price: f64 = price
-            .parse()
-            .map_err(|_| format!("line {}: bad price {price:?}", i + 1))?;
-        if !price.is_finite() || price < 0.0 {
-            return Err(format!(
-                "line {}: price must be a non-negative number",
-                i + 1
-            ));
-        }
-        let quantity: u64 = quantity
-            .parse()
-            .map_err(|_| format!("line {}: bad quantity {quantity:?}", i + 1))?;
-        if !seen.insert(name.to_string()) {
-            return Err(format!("line {}: stock {name} listed twice", i + 1));
-        }
-        rows.push((name.to_string(), price, quantity));
     }
-    if rows.is_empty() {
-        return Err("no stocks listed".into());
+    let mut expected = from;
+    for kv in applied.range(encode_key(from)..encode_key(below)) {
+        let (k, v) = kv?;
+        let number = storage::decode_number("applied", &k)?;
+        if number != expected {
+            return Err(corrupt(format!(
+                "order {expected} is missing (the next one held is {number})"
+            )));
+        }
+        format.decode_numbered::<OrderRecord>("applied", number, &v)?;
+        expected = number.saturating_add(1);
     }
-    Ok(rows)
+    if expected != below {
+        return Err(corrupt(format!("order {expected} is missing")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::types::TradeCommand;
+    use common::types::{TradeCommand, TradeKind};
 
     fn trade(name: &str, kind: TradeKind, quantity: u64) -> TradeCommand {
         TradeCommand {
@@ -369,7 +441,7 @@ mod tests {
                 trade("AAPL", TradeKind::Sell, 5),
             ],
         };
-        let out = c.apply(&batch).await.unwrap().unwrap();
+        let out = c.apply(&batch).await.unwrap();
         assert_eq!(out[0], TradeOutcome::Applied { number: 0 });
         assert!(matches!(out[1], TradeOutcome::Rejected { code: 409, .. }));
         assert!(matches!(out[2], TradeOutcome::Rejected { code: 404, .. }));
@@ -383,40 +455,325 @@ mod tests {
     #[tokio::test]
     async fn stale_epochs_and_wrong_bases_are_refused() {
         let (_d, c) = catalog().await;
-        assert_eq!(c.fence(3).await.unwrap(), Ok(0));
+        assert_eq!(c.fence(3).await.unwrap(), 0);
         let mut batch = ApplyBatch {
             epoch: 2,
             base: 0,
             trades: vec![trade("MSFT", TradeKind::Buy, 1)],
         };
-        assert_eq!(
-            c.apply(&batch).await.unwrap(),
-            Err(ApplyConflict::StaleEpoch { current: 3 })
-        );
+        assert!(matches!(
+            c.apply(&batch).await,
+            Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
+                current: 3
+            }))
+        ));
         batch.epoch = 3;
         batch.base = 5;
-        assert_eq!(
-            c.apply(&batch).await.unwrap(),
-            Err(ApplyConflict::Sequence { next: 0 })
-        );
-        assert_eq!(
-            c.fence(2).await.unwrap(),
-            Err(ApplyConflict::StaleEpoch { current: 3 })
-        );
+        assert!(matches!(
+            c.apply(&batch).await,
+            Err(CatalogError::Conflict(ApplyConflict::Sequence { next: 0 }))
+        ));
+        assert!(matches!(
+            c.fence(2).await,
+            Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
+                current: 3
+            }))
+        ));
         assert_eq!(c.get("MSFT").unwrap().unwrap().quantity, 10);
     }
 
-    #[test]
-    fn csv_errors_name_the_line() {
+    #[tokio::test]
+    async fn a_bad_stocks_file_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("s.csv");
+        std::fs::write(&csv, "name,price,quantity\nA,1,x\n").unwrap();
+        let c = Catalog::open(&dir.path().join("db")).unwrap();
+        let err = c.load_initial(&csv).await.unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    /// After a failed flush sled still holds the batch in memory: lookups,
+    /// the dump and `/applied` show only what is durable, and every later
+    /// write is refused as unavailable.
+    #[tokio::test]
+    async fn after_a_failure_only_durable_state_is_served() {
+        let (_d, c) = catalog().await;
+        let batch = ApplyBatch {
+            epoch: 1,
+            base: 0,
+            trades: vec![trade("AAPL", TradeKind::Buy, 10)],
+        };
+        c.apply(&batch).await.unwrap();
+        // A batch the engine took but could not make durable.
+        let next = ApplyBatch {
+            epoch: 1,
+            base: 1,
+            trades: vec![trade("AAPL", TradeKind::Buy, 5)],
+        };
+        c.transact(&next).unwrap();
+        let failed = c
+            .health()
+            .fail("IO error: No space left on device (os error 28)");
+        assert!(failed.is_unavailable());
+        let aapl = c.get("AAPL").unwrap().unwrap();
+        assert_eq!((aapl.quantity, aapl.volume), (90, 10));
+        assert_eq!(c.dump().unwrap()[0].quantity, 90);
+        assert_eq!(c.applied_range(0, 10).unwrap().len(), 1);
+        assert_eq!(c.position().await, (1, 1));
+        let refused = c.apply(&next).await.unwrap_err();
         assert!(
-            parse_stocks_csv("name,price,quantity\nA,1,x\n")
-                .unwrap_err()
-                .contains("line 2")
+            matches!(&refused, CatalogError::Store(e) if e.is_unavailable()),
+            "{refused}"
         );
+        assert!(matches!(c.fence(5).await, Err(CatalogError::Store(e)) if e.is_unavailable()));
+        assert_eq!(c.storage().0, StorageState::Full);
+    }
+
+    /// A lookup during an apply shows the stock before or after it, never
+    /// the transaction's state before its flush: the copy moves after it.
+    #[tokio::test]
+    async fn lookups_move_only_after_the_flush() {
+        let (_d, c) = catalog().await;
+        let batch = ApplyBatch {
+            epoch: 1,
+            base: 0,
+            trades: vec![trade("MSFT", TradeKind::Buy, 3)],
+        };
+        c.transact(&batch).unwrap();
+        assert_eq!(c.get("MSFT").unwrap().unwrap().quantity, 10);
+        assert!(c.applied_range(0, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn damaged_records_refuse_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("s.csv");
+        std::fs::write(&csv, "name,price,quantity\nAAPL,15.99,100\n").unwrap();
+        let path = dir.path().join("db");
+        {
+            let c = Catalog::open(&path).unwrap();
+            c.load_initial(&csv).await.unwrap();
+            let batch = ApplyBatch {
+                epoch: 1,
+                base: 0,
+                trades: vec![
+                    trade("AAPL", TradeKind::Buy, 1),
+                    trade("AAPL", TradeKind::Sell, 2),
+                ],
+            };
+            c.apply(&batch).await.unwrap();
+        }
+        let damage = |tree: &str, key: &[u8], expected: &str| {
+            let db = open_when_unlocked(&path);
+            let t = db.open_tree(tree).unwrap();
+            let good = t.get(key).unwrap().unwrap();
+            let mut bad = good.to_vec();
+            bad[1] ^= 0x40;
+            t.insert(key, bad).unwrap();
+            db.flush().unwrap();
+            drop((t, db));
+            let err = reopen(&path).err().unwrap();
+            assert!(err.to_string().contains(expected), "{err}");
+            let db = open_when_unlocked(&path);
+            db.open_tree(tree).unwrap().insert(key, good).unwrap();
+            db.flush().unwrap();
+        };
+        damage("stocks", b"AAPL", "key \"AAPL\" fails its checksum");
+        damage("applied", &encode_key(1), "key 1 fails its checksum");
+        damage("meta", EPOCH_KEY, "fails its checksum");
+        let db = open_when_unlocked(&path);
+        db.open_tree("applied")
+            .unwrap()
+            .remove(encode_key(0))
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let err = reopen(&path).err().unwrap();
+        assert!(err.to_string().contains("order 0 is missing"), "{err}");
+    }
+
+    /// A database written before checksums opens and trades as before.
+    #[tokio::test]
+    async fn a_legacy_database_is_read_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let value = StockValue {
+                price: 2.0,
+                quantity: 7,
+                volume: 1,
+            };
+            db.open_tree("stocks")
+                .unwrap()
+                .insert("AAPL", postcard::to_stdvec(&value).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let c = reopen(dir.path()).unwrap();
+        assert_eq!(c.format(), Format::Legacy);
+        assert_eq!(c.get("AAPL").unwrap().unwrap().quantity, 7);
+        let batch = ApplyBatch {
+            epoch: 1,
+            base: 0,
+            trades: vec![trade("AAPL", TradeKind::Buy, 2)],
+        };
+        assert_eq!(
+            c.apply(&batch).await.unwrap()[0],
+            TradeOutcome::Applied { number: 0 }
+        );
+        drop(c);
+        let c = reopen(dir.path()).unwrap();
+        assert_eq!(c.get("AAPL").unwrap().unwrap().quantity, 5);
+        assert_eq!(c.applied_range(0, 10).unwrap().len(), 1);
+    }
+
+    /// A long record of applied orders is served once its newest orders
+    /// are checked; damage further back is found in the background. Damage
+    /// in the newest refuses to open.
+    #[tokio::test]
+    async fn a_long_record_is_checked_in_the_background() {
+        let small = Bounds { eager: 3, tail: 2 };
+        let (dir, c) = catalog().await;
+        let path = dir.path().join("db");
+        let batch = ApplyBatch {
+            epoch: 1,
+            base: 0,
+            trades: (0..6)
+                .map(|q| trade("AAPL", TradeKind::Buy, q + 1))
+                .collect(),
+        };
+        c.apply(&batch).await.unwrap();
+        drop(c);
+        let flip = |number: u64| {
+            let db = open_when_unlocked(&path);
+            let applied = db.open_tree("applied").unwrap();
+            let mut v = applied.get(encode_key(number)).unwrap().unwrap().to_vec();
+            v[0] ^= 1;
+            applied.insert(encode_key(number), v).unwrap();
+            db.flush().unwrap();
+        };
+        flip(1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = wait_unlocked(|| {
+            let tx = tx.clone();
+            let damage: Box<dyn FnOnce(StoreError) + Send> =
+                Box::new(move |e| tx.send(e.to_string()).unwrap());
+            Catalog::open_with(&path, Some(damage), small)
+        })
+        .unwrap();
+        let found = rx.recv().unwrap();
+        assert!(found.contains("key 1 fails its checksum"), "{found}");
+        assert_eq!(c.scan(), ScanState::Damaged);
+        assert_eq!(c.applied_range(4, 10).unwrap().len(), 2);
+        drop(c);
+        flip(1);
+        flip(5);
+        let err = wait_unlocked(|| {
+            let damage: Box<dyn FnOnce(StoreError) + Send> =
+                Box::new(|e| panic!("not reached: {e}"));
+            Catalog::open_with(&path, Some(damage), small)
+        })
+        .err()
+        .unwrap();
         assert!(
-            parse_stocks_csv("A,1,1\nA,2,2\n")
-                .unwrap_err()
-                .contains("twice")
+            err.to_string().contains("key 5 fails its checksum"),
+            "{err}"
         );
+    }
+
+    /// The start-up check's cost at a million applied orders:
+    /// `cargo test --release -p catalog --lib -- --ignored million`.
+    #[tokio::test]
+    #[ignore = "a release-mode measurement; takes about a minute"]
+    async fn start_up_check_of_a_million_orders() {
+        const ORDERS: u64 = 1_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("s.csv");
+        std::fs::write(&csv, "name,price,quantity\nAAPL,15.99,100\n").unwrap();
+        let path = dir.path().join("db");
+        {
+            let c = Catalog::open(&path).unwrap();
+            c.load_initial(&csv).await.unwrap();
+            let mut base = 0;
+            while base < ORDERS {
+                let trades = (base..ORDERS.min(base + 4096))
+                    .map(|n| TradeCommand {
+                        name: "AAPL".into(),
+                        kind: if n % 2 == 0 {
+                            TradeKind::Buy
+                        } else {
+                            TradeKind::Sell
+                        },
+                        quantity: 1,
+                        key: format!("g:{n:032x}"),
+                    })
+                    .collect();
+                let batch = ApplyBatch {
+                    epoch: 1,
+                    base,
+                    trades,
+                };
+                base += c.apply(&batch).await.unwrap().len() as u64;
+            }
+        }
+        for attempt in 1..=3 {
+            let (c, opened, started) = loop {
+                let started = std::time::Instant::now();
+                match Catalog::open_serving(&path, |e| panic!("{e}")) {
+                    Ok(c) => break (c, started.elapsed(), started),
+                    Err(StoreError::Open(common::storage::OpenError::Locked { .. })) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            assert_eq!(c.position().await.1, ORDERS);
+            while c.scan() == ScanState::Running {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(c.scan(), ScanState::Passed);
+            let background = started.elapsed();
+            let eager = std::time::Instant::now();
+            verify_applied(c.format(), &c.applied, 0, ORDERS).unwrap();
+            println!(
+                "catalog with {ORDERS} applied orders, open #{attempt}: serving after \
+                 {opened:?} (stocks and tail checked), every record checked in the background \
+                 after {background:?}; the whole check before serving would take {:?}",
+                eager.elapsed()
+            );
+        }
+    }
+
+    /// sled releases its lock a moment after the last handle is dropped.
+    fn wait_unlocked<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Err(StoreError::Open(common::storage::OpenError::Locked { .. }))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn reopen(path: &Path) -> Result<Catalog, StoreError> {
+        wait_unlocked(|| Catalog::open(path))
+    }
+
+    fn open_when_unlocked(path: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(path) {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 }

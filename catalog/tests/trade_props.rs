@@ -1,8 +1,12 @@
-//! Property tests of the catalog's trade arithmetic and on-disk decoding,
-//! through its public store API on a real sled directory:
+//! Property tests of the catalog's trade rules, first as the pure function
+//! the store's transaction calls, then through the public store API on a
+//! real sled directory:
 //!
-//! - any sequence of batches gives the outcomes, quantities and volumes of a
-//!   plain u128 model: no overflow, no negative quantity, numbers
+//! - the rules give the outcome, quantity and volume of a plain u128 model
+//!   for any stock and trade, with the 404/409 codes and messages, and
+//!   conserve shares over any sequence of trades;
+//! - any sequence of batches gives the outcomes, quantities and volumes of
+//!   the same model: no overflow, no negative quantity, numbers
 //!   contiguous over the applied trades only;
 //! - trades from concurrent tasks (each retrying on a sequence conflict as
 //!   a leader would) are each applied at most once, and the applied log,
@@ -10,14 +14,17 @@
 //!   at the catalog's quantities (buy + sell conservation);
 //! - arbitrary bytes in the database files give errors, never a panic.
 //!
-//! The arithmetic lives inside the store's transaction, not in a pure
-//! function, hence the temp directory per case. Each property prints its
-//! figures (`cargo test -p catalog --test trade_props -- --nocapture`).
+//! The store properties need a temp directory per case; the rule
+//! properties need none. Each property prints its figures
+//! (`cargo test -p catalog --test trade_props -- --nocapture`).
 
 use std::path::Path;
 use std::sync::Arc;
 
+use catalog::CatalogError;
+use catalog::rules::{self, Holding, Rejection};
 use catalog::store::Catalog;
+use common::storage::{Format, OpenError, StoreError};
 use common::types::{
     ApplyBatch, ApplyConflict, OrderRecord, TradeCommand, TradeKind, TradeOutcome,
 };
@@ -118,6 +125,130 @@ fn observed(c: &Catalog) -> Model {
     m
 }
 
+/// One stock's figures near every edge.
+fn any_holding() -> impl Strategy<Value = Holding> {
+    (any_amount(), any_amount()).prop_map(|(quantity, volume)| Holding { quantity, volume })
+}
+
+#[test]
+fn the_rules_match_the_wide_integer_model() {
+    let strategy = (
+        proptest::option::of(any_holding()),
+        any::<bool>(),
+        any_amount(),
+    );
+    check("rules-model", 2000, strategy, |(stock, buy, quantity)| {
+        let t = trade(0, buy, quantity, "k".into());
+        let got = rules::trade(stock, &t);
+        let Some(h) = stock else {
+            let rejection = got.expect_err("an unknown stock is refused");
+            prop_assert_eq!(
+                &rejection,
+                &Rejection::UnknownStock {
+                    name: STOCKS[0].into()
+                }
+            );
+            prop_assert_eq!(
+                TradeOutcome::from(rejection),
+                TradeOutcome::Rejected {
+                    code: 404,
+                    message: format!("unknown stock {}", STOCKS[0]),
+                }
+            );
+            return Ok(());
+        };
+        let mut model = Model {
+            quantity: [h.quantity, 0],
+            volume: [h.volume, 0],
+        };
+        match (model.apply(&t), got) {
+            (Some(true), Ok(new)) => {
+                prop_assert_eq!(new.quantity, model.quantity[0]);
+                prop_assert_eq!(new.volume, model.volume[0]);
+            }
+            (Some(false), Err(rejection)) => {
+                let message = if buy {
+                    format!(
+                        "not enough {} to buy: {} left, {quantity} asked",
+                        STOCKS[0], h.quantity
+                    )
+                } else {
+                    format!(
+                        "selling {quantity} {} would overflow the quantity",
+                        STOCKS[0]
+                    )
+                };
+                prop_assert_eq!(
+                    TradeOutcome::from(rejection),
+                    TradeOutcome::Rejected { code: 409, message }
+                );
+            }
+            (expected, got) => {
+                prop_assert!(false, "{:?}: model {:?}, rules {:?}", t, expected, got)
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn the_rules_conserve_shares_over_any_sequence() {
+    let one = (any::<bool>(), prop_oneof![1..=50u64, any_amount()]);
+    let strategy = (any_amount(), proptest::collection::vec(one, 0..40));
+    check("rules-conservation", 500, strategy, |(initial, trades)| {
+        let mut held = Holding {
+            quantity: initial,
+            volume: 0,
+        };
+        let (mut bought, mut sold) = (0u128, 0u128);
+        for (i, &(buy, quantity)) in trades.iter().enumerate() {
+            let t = trade(0, buy, quantity, format!("k{i}"));
+            match rules::trade(Some(held), &t) {
+                Ok(new) => {
+                    prop_assert_eq!(
+                        new.volume - held.volume,
+                        quantity,
+                        "volume grows by the trade"
+                    );
+                    if buy {
+                        bought += u128::from(quantity);
+                    } else {
+                        sold += u128::from(quantity);
+                    }
+                    held = new;
+                }
+                // A buy is refused for lack of shares or a full volume,
+                // a sell only when a figure would pass u64::MAX.
+                Err(Rejection::NotEnough { left, asked, .. }) => {
+                    prop_assert!(buy && left == held.quantity && asked == quantity);
+                    let volume_full = held.volume.checked_add(quantity).is_none();
+                    prop_assert!(asked > left || volume_full, "{:?} refused", t);
+                }
+                Err(Rejection::Overflow { asked, .. }) => {
+                    prop_assert!(!buy && asked == quantity);
+                    let fits = held
+                        .quantity
+                        .checked_add(quantity)
+                        .zip(held.volume.checked_add(quantity));
+                    prop_assert!(fits.is_none(), "{:?} refused", t);
+                }
+                Err(e) => prop_assert!(false, "{:?}: {:?}", t, e),
+            }
+        }
+        prop_assert_eq!(
+            u128::from(held.quantity),
+            u128::from(initial) + sold - bought,
+            "quantity = initial + sold - bought"
+        );
+        prop_assert_eq!(
+            u128::from(held.volume),
+            bought + sold,
+            "volume = bought + sold"
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn sequential_batches_match_the_wide_integer_model() {
     let rt = runtime();
@@ -148,8 +279,7 @@ fn sequential_batches_match_the_wide_integer_model() {
                 let outcomes = c
                     .apply(&batch)
                     .await
-                    .expect("no storage error")
-                    .expect("no conflict");
+                    .expect("no storage error, no conflict");
                 prop_assert_eq!(outcomes.len(), trades.len());
                 let mut next = base;
                 for (t, o) in trades.iter().zip(&outcomes) {
@@ -198,10 +328,12 @@ async fn apply_one(c: &Catalog, t: TradeCommand) -> TradeOutcome {
             base,
             trades: vec![t.clone()],
         };
-        match c.apply(&batch).await.expect("no storage error") {
+        match c.apply(&batch).await {
             Ok(mut outcomes) => return outcomes.remove(0),
-            Err(ApplyConflict::Sequence { .. }) => tokio::task::yield_now().await,
-            Err(e) => panic!("unexpected conflict {e:?}"),
+            Err(CatalogError::Conflict(ApplyConflict::Sequence { .. })) => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("unexpected conflict or storage error {e:?}"),
         }
     }
     panic!("trade {} never got a number", t.key);
@@ -401,8 +533,11 @@ fn corrupt_database_files_give_errors_not_panics() {
 
 /// An `applied` tree whose last key is `u64::MAX - 1` or `u64::MAX` (only a
 /// corrupt or forged database holds one) must give an error, not an
-/// overflow panic: `Catalog::open` adds 1 to the last key and `apply` adds
-/// 1 to each number it hands out, both unchecked.
+/// overflow panic: `Catalog::open` adds 1 to the last key (and `apply` adds
+/// 1 to each number it hands out). The forged record carries a valid
+/// checksum, so what refuses it is the numbering: `u64::MAX` leaves no next
+/// number, and below it the orders before it are missing (the start-up
+/// check reads every applied order from 0).
 #[test]
 fn highest_possible_order_numbers_are_errors_not_panics() {
     let rt = runtime();
@@ -421,37 +556,36 @@ fn highest_possible_order_numbers_are_errors_not_panics() {
                 quantity: 1,
                 key: "forged".into(),
             };
+            let key = last.to_be_bytes();
             db.open_tree("applied")
                 .expect("tree")
-                .insert(
-                    last.to_be_bytes(),
-                    postcard::to_stdvec(&record).expect("encodes"),
-                )
+                .insert(key, Format::Checksummed.encode(&key, &record))
                 .expect("insert");
             db.flush().expect("flush");
         }
-        rt.block_on(async {
-            let opened = Catalog::open(&path);
-            if last == u64::MAX {
-                let err = opened.err().expect("no number is left after u64::MAX");
-                assert!(err.to_string().contains("u64::MAX"), "{err}");
-                return;
+        let err = reopen(&path)
+            .err()
+            .expect("a forged last number is refused");
+        if last == u64::MAX {
+            assert!(err.to_string().contains("u64::MAX"), "{err}");
+        } else {
+            assert!(err.to_string().contains("order 0 is missing"), "{err}");
+        }
+    }
+}
+
+/// `Catalog::open` once the lock of a just-dropped handle is released.
+fn reopen(path: &Path) -> Result<Catalog, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Catalog::open(path) {
+            Err(StoreError::Open(OpenError::Locked { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            let c = opened.expect("u64::MAX - 1 leaves one number");
-            let (epoch, next) = c.position().await;
-            assert_eq!(next, u64::MAX);
-            let batch = ApplyBatch {
-                epoch,
-                base: next,
-                trades: vec![
-                    trade(0, true, 1, "takes-the-last".into()),
-                    trade(0, true, 1, "one-too-many".into()),
-                ],
-            };
-            // Either refused as a whole or applied up to the last number;
-            // what matters is that it returns.
-            let _ = c.apply(&batch).await;
-        });
+            other => return other,
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `config.yaml` (CONTRACT.md §2): loading, `BAZAAR_<SECTION>__<KEY>`
+//! `config.yaml` (README "Configuration"): loading, `BAZAAR_<SECTION>__<KEY>`
 //! environment overrides, path resolution and validation.
 
 use std::collections::HashSet;
@@ -12,6 +12,8 @@ use serde_yaml_ng::{Mapping, Value};
 pub const DEFAULT_CONFIG_PATH: &str = "config.yaml";
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "BAZAAR_";
+/// The cluster token from the environment; it beats the config's `token`.
+pub const TOKEN_ENV: &str = "BAZAAR_TOKEN";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +27,10 @@ pub struct Config {
     /// Directory of the config file (not a key of the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The cluster token in force, resolved once when the config is loaded
+    /// (see [`Config::token`]); not a key of the file.
+    #[serde(skip)]
+    resolved_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,7 +86,24 @@ impl Config {
             path: path.to_path_buf(),
             cause,
         })?;
-        Self::from_yaml(&text, path, std::env::vars())
+        let mut config = Self::from_yaml(&text, path, std::env::vars())?;
+        if config.resolved_token.is_none() {
+            // The token `bazaar up` generated for this config's cluster, so
+            // dumps and control commands from another terminal reach it.
+            config.resolved_token = std::fs::read_to_string(token_file(&config))
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty());
+        }
+        Ok(config)
+    }
+
+    /// The cluster token every internal request carries: `BAZAAR_TOKEN`,
+    /// else the config's `token`, else (for [`Config::load`]) the token
+    /// `bazaar up` generated for this config. `None` leaves the internal
+    /// endpoints open.
+    pub fn token(&self) -> Option<&str> {
+        self.resolved_token.as_deref()
     }
 
     /// Parses `text` as if read from `path`, applying overrides from `env`.
@@ -94,10 +117,15 @@ impl Config {
             message,
         };
         let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let mut overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
-            .collect();
+        let mut env_token = None;
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        for (k, v) in env {
+            if k == TOKEN_ENV {
+                env_token = Some(v).filter(|t| !t.is_empty());
+            } else if k.starts_with(ENV_PREFIX) && k.contains("__") {
+                overrides.push((k, v));
+            }
+        }
         overrides.sort();
         for (key, raw) in overrides {
             apply_override(&mut value, &key, &raw).map_err(invalid)?;
@@ -116,6 +144,7 @@ impl Config {
         config.resolve_paths(&base);
         config.base_dir = base;
         config.validate().map_err(invalid)?;
+        config.resolved_token = env_token.or_else(|| config.token.clone());
         Ok(config)
     }
 
@@ -294,20 +323,9 @@ pub fn token_file(config: &Config) -> PathBuf {
     config.base_dir.join("data/run/token")
 }
 
-/// Reads the cluster token: `BAZAAR_TOKEN`, else the config's `token`, else
-/// the token `bazaar up` generated for this config (so dumps and control
-/// commands from another terminal reach a cluster it runs).
+/// The cluster token as resolved when `config` was loaded ([`Config::token`]).
 pub fn cluster_token(config: &Config) -> Option<String> {
-    std::env::var("BAZAAR_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| config.token.clone())
-        .or_else(|| {
-            std::fs::read_to_string(token_file(config))
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
-        })
+    config.token().map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The error body of CONTRACT.md §3: `{"error":{"code":N,"message":"..."}}`.
+//! The error body every endpoint answers with (README, docs/PROTOCOL.md): `{"error":{"code":N,"message":"..."}}`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -49,6 +49,19 @@ impl ApiError {
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// A 500 for a failure of our own (storage, a bug): the cause is logged
+    /// here, once, with the request id; the caller is told only "internal
+    /// error" and the id to look for, never engine or path details.
+    pub fn internal_from(cause: &dyn std::fmt::Display) -> Self {
+        let id = crate::request_id::current();
+        let id = id.as_deref().unwrap_or("none");
+        tracing::error!(error = %cause, request_id = id, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error (request id {id})"),
+        )
     }
 
     pub fn body(&self) -> ErrorBody {

@@ -1,7 +1,8 @@
 //! Fault points for the crash tests. A process started with
 //! `BAZAAR_FAULT=<point>:<action>` acts the first time it reaches `point`:
 //! `abort` ends it at once (like `kill -9`: nothing more is flushed or
-//! answered), `stop` freezes it with SIGSTOP until someone sends SIGCONT.
+//! answered), `stop` freezes it with SIGSTOP until someone sends SIGCONT,
+//! `restart` exits with [`crate::EXIT_RESTART`] as a storage failure does.
 //! Without the variable every point is a no-op. This lets a test open each
 //! failure window exactly, instead of hoping a timed kill lands in it.
 
@@ -24,6 +25,7 @@ pub const CATALOG_BEFORE_REPLY: &str = "catalog-before-reply";
 enum Action {
     Abort,
     Stop,
+    Restart,
 }
 
 fn armed() -> Option<&'static (String, Action)> {
@@ -35,6 +37,7 @@ fn armed() -> Option<&'static (String, Action)> {
             let action = match action {
                 "abort" => Action::Abort,
                 "stop" => Action::Stop,
+                "restart" => Action::Restart,
                 _ => return None,
             };
             Some((point.to_string(), action))
@@ -56,6 +59,10 @@ pub fn point(point: &str) {
         Action::Abort => std::process::abort(),
         Action::Stop => {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+        }
+        Action::Restart => {
+            eprintln!("fault point {point}: exiting as after a storage failure");
+            std::process::exit(crate::EXIT_RESTART);
         }
     }
 }

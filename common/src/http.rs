@@ -117,15 +117,27 @@ pub async fn serve(
     Ok(())
 }
 
+/// A body over the limit whose Content-Length is at most this is read and
+/// thrown away before the 413 goes out: a client that writes its whole body
+/// before it reads the answer (Python's urllib and requests do) then sees
+/// the 413 instead of a connection reset mid-upload. A larger body gets the
+/// 413 at once and the connection is closed; the request timeout bounds the
+/// time spent draining.
+pub const DRAIN_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Wraps a router in the body limit, request timeout, load shedding and the
 /// JSON error mapping.
 pub fn with_limits(router: Router, limits: Limits) -> Router {
+    let max = limits.max_body_bytes;
     router
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         // Refuses a body whose Content-Length is over the limit before it
         // is read: without it such a request waits for its body until the
         // request timeout (408) instead of getting 413 at once.
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            refuse_oversized(max, req, next)
+        }))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
@@ -139,6 +151,37 @@ pub fn with_limits(router: Router, limits: Limits) -> Router {
                 .concurrency_limit(limits.max_in_flight),
         )
         .layer(middleware::from_fn(json_errors))
+}
+
+/// Answers 413 to a request whose declared body is over `max`, after
+/// draining a body of up to [`DRAIN_LIMIT_BYTES`] (see there).
+async fn refuse_oversized(max: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > u64::try_from(max).unwrap_or(u64::MAX)) else {
+        return next.run(req).await;
+    };
+    let mut response = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body too large: {declared} bytes, the limit is {max}"),
+    )
+    .into_response();
+    if declared <= DRAIN_LIMIT_BYTES {
+        let mut body = req.into_body();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    } else {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Gives every error response the contract's JSON body, also those the

@@ -4,7 +4,7 @@
 //! a `service` label.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -130,7 +130,10 @@ async fn track(State(http): State<HttpMetrics>, request: Request, next: Next) ->
     response
 }
 
-/// Count and time of the sled flushes of a service.
+/// Count and time of the database flushes of a service, and its storage
+/// errors (`bazaar_storage_errors_total`, registered with them). The store
+/// times its own flush ([`FlushMetrics::time`]); this type never sees the
+/// engine.
 #[derive(Debug)]
 pub struct FlushMetrics {
     pub flushes: Counter,
@@ -148,24 +151,53 @@ impl Default for FlushMetrics {
 
 impl FlushMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        let engine = crate::storage::ENGINE;
         registry.register(
-            "sled_flushes",
-            "Flushes of the sled database",
+            format!("{engine}_flushes"),
+            format!("Flushes of the {engine} database"),
             self.flushes.clone(),
         );
         registry.register(
-            "sled_flush_seconds",
-            "Time of one sled flush",
+            format!("{engine}_flush_seconds"),
+            format!("Time of one {engine} flush"),
             self.seconds.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Failed writes, flushes and damaged reads of the database (the log says it once)",
+            crate::storage::storage_errors(),
         );
     }
 
-    /// Flushes `db`, counting and timing it.
-    pub async fn flush(&self, db: &sled::Db) -> sled::Result<usize> {
-        let started = Instant::now();
-        let result = db.flush_async().await;
+    /// Counts one flush that took `elapsed`.
+    pub fn record(&self, elapsed: Duration) {
         self.flushes.inc();
-        self.seconds.observe(started.elapsed().as_secs_f64());
+        self.seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Awaits `flush`, counting and timing it whatever its result.
+    pub async fn time<F: Future>(&self, flush: F) -> F::Output {
+        let started = Instant::now();
+        let result = flush.await;
+        self.record(started.elapsed());
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_metrics_bring_the_storage_error_count() {
+        let mut builder = MetricsBuilder::new("test");
+        FlushMetrics::default().register(&mut builder.registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &builder.registry).unwrap();
+        assert!(
+            text.contains("bazaar_storage_errors_total{service=\"test\"}"),
+            "{text}"
+        );
+        assert!(text.contains("bazaar_sled_flushes_total"), "{text}");
     }
 }

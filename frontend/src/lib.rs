@@ -1,24 +1,31 @@
 //! The front-end: the public gateway. It serves lookups from an LRU cache
 //! or the catalog, and forwards trades and order queries to the leader
 //! replica it selects and watches.
+//!
+//! Parts: [`state`] (what every route shares), [`routes`] (the public API
+//! and the invalidation hook), [`cache`] (the exact LRU of stocks),
+//! [`selection`] (who leads; the active health check), [`forward`]
+//! (requests to the leader, with failover), [`relay`] (trades batched on
+//! their way to the leader), [`status`] (`GET /status`).
 
 pub mod cache;
-pub mod leader;
+pub mod forward;
 pub mod relay;
 pub mod routes;
+pub mod selection;
+pub mod state;
 pub mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use common::config::{Config, DEFAULT_CONFIG_PATH};
 use common::http::Limits;
 use tokio::net::TcpListener;
 
-pub use routes::{AppState, router};
+pub use routes::router;
+pub use state::AppState;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,19 +43,7 @@ pub struct Cli {
 
 /// Builds the state and starts the active health check of the leader.
 pub fn open(config: &Config) -> AppState {
-    let token = common::config::cluster_token(config);
-    let leaders = Arc::new(leader::Leaders::new(config, token.as_deref()));
-    let interval = Duration::from_millis(config.frontend.health_check_interval_ms);
-    let checker = leaders.clone();
-    tokio::spawn(async move { checker.run_health_check(interval).await });
-    AppState {
-        cache: Arc::new(cache::StockCache::new(config.frontend.cache_size)),
-        relay: relay::TradeRelay::spawn(leaders.clone()),
-        leaders,
-        catalog: common::http::internal_client(routes::CATALOG_TIMEOUT, token.as_deref()),
-        catalog_url: config.catalog_url().into(),
-        token: token.map(Arc::from),
-    }
+    AppState::open(config)
 }
 
 pub async fn run(
@@ -58,7 +53,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let mut metrics = common::metrics::MetricsBuilder::new("frontend");
     state.cache.stats.register(&mut metrics.registry);
-    state.leaders.stats.register(&mut metrics.registry);
+    state.selector.stats.register(&mut metrics.registry);
     let app = metrics.finish(router(state));
     common::http::serve(listener, app, Limits::PUBLIC, shutdown).await
 }

@@ -6,19 +6,18 @@
 //!
 //! Every trade carries its idempotency key, so a batch the leader may or may
 //! not have committed is simply resent, and a trade the leader could not
-//! finish falls back to the single-trade path with its failover and retry
-//! rules; a retry then returns the number of the first attempt.
+//! finish is sent again on its own (a batch of one) with the same failover
+//! and retry rules; a retry then returns the number of the first attempt.
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use common::ApiError;
-use common::types::{MAX_TRADE_BATCH, RelayedTrade, TradeCommand, TradeReceipt};
+use common::types::{MAX_TRADE_BATCH, TradeAnswer, TradeCommand, TradeReceipt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::leader::Leaders;
+use crate::forward::Forwarder;
 
-/// Trades waiting for a batch; when full, a trade takes the single path.
+/// Trades waiting for a batch; when full, a trade is sent on its own.
 const QUEUE: usize = 4096;
 /// Batches in flight to the leader at once: enough to keep its sequencer
 /// busy while the answer to the previous batch travels back.
@@ -32,16 +31,16 @@ type Queued = (TradeCommand, Option<Arc<str>>, Reply);
 
 #[derive(Clone)]
 pub struct TradeRelay {
-    leaders: Arc<Leaders>,
+    forward: Arc<Forwarder>,
     tx: mpsc::Sender<Queued>,
 }
 
 impl TradeRelay {
     /// Starts the batching task.
-    pub fn spawn(leaders: Arc<Leaders>) -> TradeRelay {
+    pub fn spawn(forward: Arc<Forwarder>) -> TradeRelay {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, leaders.clone()));
-        TradeRelay { leaders, tx }
+        tokio::spawn(run(rx, forward.clone()));
+        TradeRelay { forward, tx }
     }
 
     /// Commits `cmd` through the leader.
@@ -55,12 +54,12 @@ impl TradeRelay {
             Err(
                 mpsc::error::TrySendError::Full((cmd, ..))
                 | mpsc::error::TrySendError::Closed((cmd, ..)),
-            ) => self.leaders.trade(&cmd).await,
+            ) => self.forward.trade(&cmd).await,
         }
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Queued>, leaders: Arc<Leaders>) {
+async fn run(mut rx: mpsc::Receiver<Queued>, forward: Arc<Forwarder>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot lets more trades queue behind `first`.
@@ -74,21 +73,21 @@ async fn run(mut rx: mpsc::Receiver<Queued>, leaders: Arc<Leaders>) {
                 Err(_) => break,
             }
         }
-        let leaders = leaders.clone();
+        let forward = forward.clone();
         tokio::spawn(async move {
-            relay(&leaders, batch).await;
+            relay(&forward, batch).await;
             drop(slot);
         });
     }
 }
 
-async fn relay(leaders: &Arc<Leaders>, batch: Vec<Queued>) {
+async fn relay(forward: &Arc<Forwarder>, batch: Vec<Queued>) {
     let cmds: Vec<TradeCommand> = batch.iter().map(|(c, ..)| c.clone()).collect();
     let ids: Vec<String> = batch
         .iter()
         .map(|(_, id, _)| id.as_deref().unwrap_or("").to_string())
         .collect();
-    let outcomes = match leaders.trade_batch(&cmds, &ids).await {
+    let outcomes = match forward.trade_batch(&cmds, &ids).await {
         Ok(o) if o.len() == batch.len() => o,
         Ok(o) => {
             tracing::warn!(
@@ -98,8 +97,9 @@ async fn relay(leaders: &Arc<Leaders>, batch: Vec<Queued>) {
             );
             batch
                 .iter()
-                .map(|_| RelayedTrade::Retry {
+                .map(|_| TradeAnswer::Retry {
                     message: "short batch answer".into(),
+                    role: None,
                 })
                 .collect()
         }
@@ -112,26 +112,19 @@ async fn relay(leaders: &Arc<Leaders>, batch: Vec<Queued>) {
     };
     for ((cmd, id, reply), outcome) in batch.into_iter().zip(outcomes) {
         match outcome {
-            RelayedTrade::Committed { transaction_number } => {
-                let _ = reply.send(Ok(TradeReceipt { transaction_number }));
-            }
-            RelayedTrade::Refused { code, message } => {
-                let status = StatusCode::from_u16(code)
-                    .ok()
-                    .filter(StatusCode::is_client_error)
-                    .unwrap_or(StatusCode::CONFLICT);
-                let _ = reply.send(Err(ApiError::new(status, message)));
-            }
-            RelayedTrade::Retry { message } => {
+            TradeAnswer::Retry { message, .. } => {
                 tracing::debug!(key = %cmd.key, reason = %message, "relayed trade not finished; retrying it alone");
-                let leaders = leaders.clone();
+                let forward = forward.clone();
                 let retry = async move {
-                    let _ = reply.send(leaders.trade(&cmd).await);
+                    let _ = reply.send(forward.trade(&cmd).await);
                 };
                 match id {
                     Some(id) => tokio::spawn(common::request_id::scope(id, retry)),
                     None => tokio::spawn(retry),
                 };
+            }
+            done => {
+                let _ = reply.send(done.into_http());
             }
         }
     }

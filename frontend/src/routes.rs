@@ -1,33 +1,18 @@
-//! The public REST API (CONTRACT.md §3) and the catalog's invalidation hook.
-
-use std::sync::Arc;
+//! The public REST API (docs/PROTOCOL.md) and the catalog's invalidation hook.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::ApiError;
+use common::client::CallError;
 use common::http::{JsonBody, PathParam};
 use common::types::{
-    Data, Health, IDEMPOTENCY_HEADER, Order, Stock, TradeCommand, TradeReceipt, TradeRequest,
+    CALLER_KEY_PREFIX, Data, GENERATED_KEY_PREFIX, Health, IDEMPOTENCY_HEADER, Order, Stock,
+    TradeCommand, TradeReceipt, TradeRequest,
 };
 
-use crate::cache::StockCache;
-use crate::leader::Leaders;
-
-/// Timeout of a lookup at the catalog.
-pub const CATALOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-#[derive(Clone)]
-pub struct AppState {
-    pub cache: Arc<StockCache>,
-    pub leaders: Arc<Leaders>,
-    /// Trades go to the leader through here, batched when they overlap.
-    pub relay: crate::relay::TradeRelay,
-    pub catalog: reqwest::Client,
-    pub catalog_url: Arc<str>,
-    pub token: Option<Arc<str>>,
-}
+use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     let internal = Router::new().route("/invalidation/{name}", post(invalidation));
@@ -48,14 +33,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn health(State(s): State<AppState>) -> Json<Health> {
-    let leader = s.leaders.current();
-    Json(Health {
-        service: "frontend".into(),
-        id: leader.as_ref().map(|l| l.id),
-        role: "up".into(),
-        epoch: leader.map_or(0, |l| l.epoch),
-        highest: None,
-    })
+    Json(s.health())
 }
 
 async fn lookup(
@@ -67,25 +45,24 @@ async fn lookup(
         return Ok(Json(Data::new(stock)));
     }
     let generation = s.cache.generation();
-    let resp = common::request_id::tag(s.catalog.get(catalog_stock_url(&s.catalog_url, &name)?))
-        .send()
+    let request = s
+        .catalog
+        .http()
+        .get(catalog_stock_url(&s.catalog_url, &name)?);
+    let data: Data<Stock> = s
+        .catalog
+        .send(common::request_id::tag(request))
         .await
-        .map_err(|e| ApiError::unavailable(format!("catalog unreachable: {e}")))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.bytes().await.unwrap_or_default();
-        let err = ApiError::from_remote(status, &body);
-        // Only the caller's mistakes pass through; the catalog's own trouble is ours to report.
-        return Err(if status.is_client_error() {
-            err
-        } else {
-            ApiError::unavailable(format!("catalog failed: {}", err.message))
-        });
-    }
-    let data: Data<Stock> = resp
-        .json()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("bad catalog answer: {e}")))?;
+        .map_err(|e| match e {
+            CallError::Unreachable(e) => ApiError::unavailable(format!("catalog unreachable: {e}")),
+            // Only the caller's mistakes pass through; the catalog's own
+            // trouble is ours to report.
+            CallError::Status { error, .. } if error.status.is_client_error() => error,
+            CallError::Status { error, .. } => {
+                ApiError::unavailable(format!("catalog failed: {}", error.message))
+            }
+            CallError::BadBody(e) => ApiError::unavailable(format!("bad catalog answer: {e}")),
+        })?;
     s.cache.insert_if_current(data.data.clone(), generation);
     Ok(Json(data))
 }
@@ -95,9 +72,9 @@ async fn lookup(
 /// of `AAPL?x` would answer AAPL).
 fn catalog_stock_url(catalog_url: &str, name: &str) -> Result<reqwest::Url, ApiError> {
     let mut url = reqwest::Url::parse(catalog_url)
-        .map_err(|e| ApiError::internal(format!("bad catalog URL {catalog_url}: {e}")))?;
+        .map_err(|e| ApiError::internal_from(&format!("bad catalog URL {catalog_url}: {e}")))?;
     url.path_segments_mut()
-        .map_err(|()| ApiError::internal(format!("bad catalog URL {catalog_url}")))?
+        .map_err(|()| ApiError::internal_from(&format!("bad catalog URL {catalog_url}")))?
         .pop_if_empty()
         .extend(["stocks", name]);
     Ok(url)
@@ -110,13 +87,13 @@ async fn trade(
 ) -> Result<Json<Data<TradeReceipt>>, ApiError> {
     req.validate().map_err(ApiError::bad_request)?;
     let key = match headers.get(IDEMPOTENCY_HEADER) {
-        None => format!("g:{:032x}", rand::random::<u128>()),
+        None => format!("{GENERATED_KEY_PREFIX}{:032x}", rand::random::<u128>()),
         Some(v) => {
             let k = v
                 .to_str()
                 .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
             common::types::validate_idempotency_key(k).map_err(ApiError::bad_request)?;
-            format!("c:{k}")
+            format!("{CALLER_KEY_PREFIX}{k}")
         }
     };
     let cmd = TradeCommand {
@@ -141,7 +118,7 @@ async fn order(
             "order number must be an integer in 0..=2^64-1, got {number:?}"
         ))
     })?;
-    Ok(Json(Data::new(s.leaders.order(n).await?)))
+    Ok(Json(Data::new(s.forward.order(n).await?)))
 }
 
 async fn invalidation(

@@ -2,14 +2,29 @@
 //! front-end names leader takes trades, has the catalog apply and number
 //! them, stores them, and propagates them to the followers before it
 //! answers.
+//!
+//! Parts, by role (docs/PROTOCOL.md describes the wire):
+//! - [`node`]: the replica's state: log, peers, role and epoch;
+//! - [`readiness`]: whether it can commit (reaches the catalog, storage works);
+//! - [`routes`]: the HTTP API; [`error`]: how failures look on the wire;
+//! - [`sequencer`]: the leader's batching of trades into durable orders;
+//! - [`takeover`]: becoming leader (catch up, fence and reconcile with the
+//!   catalog) and the role changes a leader notice makes;
+//! - [`catalog`]: the typed client of the catalog (`/fence`, `/apply`, `/applied`);
+//! - [`replication`]: both sides of propagation, catch-up and the heartbeat;
+//! - [`store`]: the order log on disk, the only code that knows the engine;
+//! - [`metrics`]: the replica's Prometheus figures.
 
+pub mod catalog;
 pub mod error;
-pub mod leader;
 pub mod metrics;
 pub mod node;
+pub mod readiness;
 pub mod replication;
 pub mod routes;
+pub mod sequencer;
 pub mod store;
+pub mod takeover;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -56,49 +71,70 @@ pub enum Command {
     },
 }
 
-/// Opens the replica's log and starts its background tasks (sequencer and
-/// leader heartbeat). The replica does not serve yet.
+/// Opens the replica's log (checking every record, see [`store`]) and starts
+/// its background tasks (sequencer and leader heartbeat). The replica does
+/// not serve yet. From here on a storage failure ends the process with
+/// `common::EXIT_RESTART` once storage works again; a log that cannot be
+/// opened for lack of space waits for space, then exits the same way.
 pub fn open(config: &Config, id: u32) -> anyhow::Result<AppState> {
     let me = config
         .order(id)
         .ok_or_else(|| anyhow::anyhow!("no replica with id {id} in the config"))?;
-    let log = store::OrderLog::open(&me.db_path).map_err(|e| {
-        let hint = if e.to_string().contains("locked") {
-            ""
-        } else {
-            "; to rebuild this replica from its peers, start it with --rebuild \
-             (the old directory is moved aside, not deleted)"
-        };
-        anyhow::anyhow!("{e}{hint}")
-    })?;
-    let (tx, rx) = leader::channel();
-    let node = Arc::new(node::Node::new(config, id, log, tx)?);
-    tokio::spawn(leader::run_sequencer(node.clone(), rx));
-    tokio::spawn(leader::run_heartbeat(node.clone()));
-    let token = common::config::cluster_token(config).map(Arc::from);
-    Ok(AppState { node, token })
+    let service = format!("order-{id}");
+    // Damage the background check of a long log finds ends the process as
+    // a failed start-up check does: one line, status 1 (not restarted).
+    let on_damage = |e: store::StoreError| {
+        eprintln!("order: {}", open_error(e));
+        std::process::exit(1)
+    };
+    let log = store::OrderLog::open_serving(&me.db_path, &service, on_damage)
+        .map_err(|e| open_error(common::storage::restart_if_failed(&service, &me.db_path, e)))?;
+    log.health().supervise();
+    if log.format() == common::storage::Format::Legacy {
+        tracing::warn!(
+            "this log was written before records carried checksums; it is read as before. \
+             --rebuild rewrites it from the peers with checksums"
+        );
+    }
+    let node = Arc::new(node::Node::new(config, id, log)?);
+    let sequencer = sequencer::Sequencer::spawn(node.clone());
+    tokio::spawn(replication::run_heartbeat(node.clone()));
+    tokio::spawn(probe_catalog(node.clone()));
+    Ok(AppState {
+        node,
+        sequencer,
+        token: config.token().map(Arc::from),
+    })
+}
+
+/// Why the log does not open, with the way out when it is damaged.
+fn open_error(e: store::StoreError) -> anyhow::Error {
+    if !e.is_damage() {
+        return e.into();
+    }
+    anyhow::anyhow!(
+        "{e}; to rebuild this replica from its peers, start it with --rebuild \
+         (the old directory is moved aside, not deleted)"
+    )
+}
+
+/// Checks every [`readiness::PROBE_INTERVAL`] that the catalog answers, for
+/// as long as the process runs (see [`readiness`]).
+async fn probe_catalog(node: Arc<node::Node>) {
+    let mut tick = tokio::time::interval(readiness::PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answer = node.catalog.health().await;
+        node.readiness
+            .probed(answer.map(|_| ()).map_err(|e| e.to_string()));
+    }
 }
 
 /// `--rebuild`: moves the database directory aside so the replica starts
 /// empty and pulls every order from its peers. Returns where it went.
 pub fn move_aside(db_path: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
-    if !db_path.exists() {
-        return Ok(None);
-    }
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut target = db_path.as_os_str().to_owned();
-    target.push(format!(".moved-{secs}"));
-    let target = PathBuf::from(target);
-    std::fs::rename(db_path, &target).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot move {} aside to {}: {e}",
-            db_path.display(),
-            target.display()
-        )
-    })?;
-    Ok(Some(target))
+    Ok(common::storage::move_aside(db_path)?)
 }
 
 /// Catches up from the peers, then serves on `listener` until `shutdown`,
@@ -126,62 +162,53 @@ pub async fn run(
     metrics::register(&mut registry.registry);
     let app = registry.finish(router(state));
     common::http::serve(listener, app, Limits::INTERNAL, shutdown).await?;
-    node.log.flush().await.map_err(std::io::Error::other)
+    match node.log.flush().await {
+        // A failed store has nothing more it could make durable; its
+        // recovery watcher decides how the process ends.
+        Err(e) if e.is_unavailable() => Ok(()),
+        other => other.map_err(std::io::Error::other),
+    }
 }
 
 /// `order dump`: reads the sled files when the replica is stopped, and asks
-/// the running replica when it holds the lock.
+/// the running replica when it holds the lock (`common::storage::dump`).
 pub async fn dump(
     config: &Config,
     id: u32,
     mut emit: impl FnMut(&common::types::Order) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
+    use common::storage::dump::{Source, open_or_ask};
     let me = config
         .order(id)
         .ok_or_else(|| anyhow::anyhow!("no replica with id {id} in the config"))?;
-    if !me.db_path.exists() {
-        anyhow::bail!("no database for replica {id} at {}", me.db_path.display());
-    }
-    match store::OrderLog::open(&me.db_path) {
-        Ok(log) => {
-            let mut from = 0;
-            loop {
-                let page = log.range(from, store::MAX_RANGE)?;
-                let Some(last) = page.last() else {
-                    return Ok(());
-                };
-                from = last.number + 1;
-                for r in &page {
-                    emit(&r.to_order())?;
-                }
+    let what = format!("replica {id}");
+    let source = open_or_ask(
+        &me.db_path,
+        &what,
+        &me.url(),
+        config.token(),
+        store::OrderLog::open,
+        open_error,
+    )?;
+    let mut from = 0u64;
+    loop {
+        let page = match &source {
+            Source::Files(log) => log.range(from, store::MAX_RANGE)?,
+            Source::Running(running) => {
+                running
+                    .get::<Vec<common::types::OrderRecord>>(&format!(
+                        "/log?from={from}&limit={}",
+                        store::MAX_RANGE
+                    ))
+                    .await?
             }
+        };
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        from = last.number + 1;
+        for r in &page {
+            emit(&r.to_order())?;
         }
-        Err(store::StoreError::Open(common::storage::OpenError::Locked { .. })) => {
-            let token = common::config::cluster_token(config);
-            let client =
-                common::http::internal_client(std::time::Duration::from_secs(10), token.as_deref());
-            let url = format!("{}/log", me.url());
-            let mut from = 0u64;
-            loop {
-                let resp = client
-                    .get(&url)
-                    .query(&[("from", from.to_string()), ("limit", store::MAX_RANGE.to_string())])
-                    .send()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("the database of replica {id} is locked by the running replica, and asking it at {url} failed: {e}"))?;
-                if !resp.status().is_success() {
-                    anyhow::bail!("the running replica at {url} answered {}", resp.status());
-                }
-                let page: Vec<common::types::OrderRecord> = resp.json().await?;
-                let Some(last) = page.last() else {
-                    return Ok(());
-                };
-                from = last.number + 1;
-                for r in &page {
-                    emit(&r.to_order())?;
-                }
-            }
-        }
-        Err(e) => Err(e.into()),
     }
 }

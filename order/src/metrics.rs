@@ -16,6 +16,7 @@ pub struct OrderMetrics {
     pub propagation_failures: Counter,
     pub catch_up_runs: Counter,
     pub orders_pulled: Counter,
+    /// Flushes of the order log; `store::OrderLog` counts and times them.
     pub flush: FlushMetrics,
     /// Trades committed by this replica as leader.
     pub trades_committed: Counter,
@@ -68,9 +69,4 @@ pub fn register(registry: &mut Registry) {
         "Trades this replica committed as leader",
         m.trades_committed.clone(),
     );
-}
-
-/// Flushes `db`, counting and timing it.
-pub async fn timed_flush(db: &sled::Db) -> sled::Result<usize> {
-    METRICS.flush.flush(db).await
 }

@@ -1,15 +1,29 @@
-//! Moving orders between replicas: catch-up from peers at start and when a
-//! leader is selected, pulling ranges, receiving propagations, filling gaps.
+//! Both sides of moving orders between replicas (docs/PROTOCOL.md): the
+//! leader propagates new orders and heartbeats to the followers; a follower
+//! receives them and fills any gap from the leader; every replica catches
+//! up from its peers at start and when selected leader, by pulling pages
+//! of a paged log (`/log` of a peer, `/applied` of the catalog).
 
-use common::types::{OrderRecord, Propagate, SyncInfo};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::client::CallError;
+use common::types::{OrderRecord, Propagate, RangeQuery, Role, SyncInfo};
 
 use crate::error::OrderError;
-use crate::node::{Node, Role};
+use crate::node::{Node, Peer};
 use crate::store::MAX_RANGE;
 
 /// Most pages one catch-up pulls before it re-checks where peers are; a peer
 /// that keeps growing cannot keep a catch-up running forever.
 const MAX_PAGES_PER_PULL: u64 = 100_000;
+/// How often the leader tells followers its `next`, so a follower that
+/// missed propagations converges even when no trades arrive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// After a failed propagation a follower is skipped this long before the
+/// leader tries it again, so a dead follower costs one timeout per interval.
+pub const FOLLOWER_RETRY: Duration = Duration::from_secs(1);
 
 /// Asks every peer for its highest order and epoch, pulls what this replica
 /// lacks from the peer with the most orders, and adopts the highest epoch
@@ -19,19 +33,13 @@ pub async fn catch_up_from_peers(node: &Node) -> Result<u64, OrderError> {
     for peer in node.peers.clone() {
         let client = node.client.clone();
         tasks.spawn(async move {
-            let info = async {
-                let r = client
-                    .get(format!("{}/synchronize", peer.url))
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                r.json::<SyncInfo>().await
-            }
-            .await;
+            let info = client
+                .get::<SyncInfo>(format!("{}/synchronize", peer.url))
+                .await;
             (peer, info)
         });
     }
-    let mut best: Option<(crate::node::Peer, u64)> = None;
+    let mut best: Option<(Peer, u64)> = None;
     let mut max_epoch = 0;
     while let Some(joined) = tasks.join_next().await {
         let Ok((peer, info)) = joined else { continue };
@@ -48,15 +56,18 @@ pub async fn catch_up_from_peers(node: &Node) -> Result<u64, OrderError> {
             }
         }
     }
-    if max_epoch > node.role().epoch {
+    let now = node.role();
+    if max_epoch > now.epoch {
         // Learn the epoch only; the role comes from the front-end's notice.
-        let role = node.role().role;
-        let role = if role == Role::Leader || role == Role::CatchingUp {
-            Role::Follower { leader: None }
+        let next = if now.role == Role::Follower {
+            crate::node::RoleState {
+                epoch: max_epoch,
+                ..now
+            }
         } else {
-            role
+            Node::following(max_epoch, None)
         };
-        node.adopt(max_epoch, role).await?;
+        node.adopt(next).await?;
     }
     let Some((peer, target)) = best else {
         return Ok(0);
@@ -95,17 +106,15 @@ async fn pull_pages(node: &Node, endpoint: &str, target: u64) -> Result<(), Orde
         if from >= target {
             return Ok(());
         }
+        let query = RangeQuery {
+            from,
+            limit: MAX_RANGE,
+        };
         let page: Vec<OrderRecord> = node
             .client
-            .get(endpoint)
-            .query(&[("from", from.to_string()), ("limit", MAX_RANGE.to_string())])
-            .send()
+            .send(node.client.http().get(endpoint).query(&query))
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| OrderError::Unavailable(format!("pulling orders from {endpoint}: {e}")))?
-            .json()
-            .await
-            .map_err(|e| OrderError::Unavailable(format!("bad page from {endpoint}: {e}")))?;
+            .map_err(|e| OrderError::Unavailable(format!("pulling orders from {endpoint}: {e}")))?;
         if page.is_empty() {
             return Err(OrderError::Unavailable(format!(
                 "{endpoint} has no order {from}"
@@ -130,24 +139,14 @@ pub async fn receive(node: &Node, p: Propagate) -> Result<u64, OrderError> {
         });
     }
     if p.leader_id == node.id {
-        return Err(OrderError::Api(common::ApiError::bad_request(
-            "a replica cannot follow itself",
-        )));
+        return Err(common::ApiError::bad_request("a replica cannot follow itself").into());
     }
-    if p.epoch > current.epoch
-        || current.role
-            != (Role::Follower {
-                leader: Some(p.leader_id),
-            })
-    {
-        let (now, taken) = node
-            .adopt(
-                p.epoch,
-                Role::Follower {
-                    leader: Some(p.leader_id),
-                },
-            )
-            .await?;
+    let leader = node.peer(p.leader_id).ok_or_else(|| {
+        common::ApiError::bad_request(format!("unknown leader id {}", p.leader_id))
+    })?;
+    let wanted = Node::following(p.epoch, Some(p.leader_id));
+    if current != wanted {
+        let (now, taken) = node.adopt(wanted).await?;
         if !taken {
             return Err(OrderError::StaleEpoch {
                 got: p.epoch,
@@ -155,12 +154,6 @@ pub async fn receive(node: &Node, p: Propagate) -> Result<u64, OrderError> {
             });
         }
     }
-    let leader = node.peer(p.leader_id).ok_or_else(|| {
-        OrderError::Api(common::ApiError::bad_request(format!(
-            "unknown leader id {}",
-            p.leader_id
-        )))
-    })?;
     let leader_log = format!("{}/log", leader.url);
     if let Some(first) = p.orders.first().map(|o| o.number)
         && first > node.log.next()
@@ -188,4 +181,87 @@ pub async fn receive(node: &Node, p: Propagate) -> Result<u64, OrderError> {
         crate::metrics::METRICS.replication_lag.set(0);
     }
     Ok(node.log.next())
+}
+
+/// Sends `orders` (or a heartbeat when empty) to the followers and waits
+/// for their flushes. Followers that failed recently are skipped unless
+/// `everyone`; a follower that answers with a newer epoch deposes us.
+pub async fn propagate(
+    node: &Node,
+    epoch: u64,
+    orders: Vec<OrderRecord>,
+    everyone: bool,
+    next: u64,
+) {
+    let body = Propagate {
+        epoch,
+        leader_id: node.id,
+        orders,
+        next,
+    };
+    let body = match serde_json::to_vec(&body) {
+        Ok(b) => bytes::Bytes::from(b),
+        Err(e) => return tracing::error!(error = %e, "cannot encode a propagation"),
+    };
+    let now = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let lagging = node.lagging.lock().expect("lagging lock is never poisoned");
+        for peer in &node.peers {
+            if !everyone && lagging.get(&peer.id).is_some_and(|until| *until > now) {
+                continue;
+            }
+            let request = node
+                .propagate_client
+                .http()
+                .post(format!("{}/propagate", peer.url))
+                .header("content-type", "application/json")
+                .body(body.clone());
+            let client = node.propagate_client.clone();
+            let id = peer.id;
+            tasks.spawn(async move { (id, client.send::<SyncInfo>(request).await) });
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((id, result)) = joined else { continue };
+        let mut lagging = node.lagging.lock().expect("lagging lock is never poisoned");
+        match result {
+            Ok(_) => {
+                if lagging.remove(&id).is_some() {
+                    tracing::info!(follower = id, "follower is back in sync");
+                }
+            }
+            Err(CallError::Status { error, .. }) if error.status == StatusCode::CONFLICT => {
+                tracing::warn!(follower = id, "follower knows a newer epoch; stepping down");
+                node.step_down(crate::node::RoleState {
+                    epoch,
+                    role: Role::Leader,
+                    leader: Some(node.id),
+                });
+            }
+            Err(e) => {
+                crate::metrics::METRICS.propagation_failures.inc();
+                if lagging
+                    .insert(id, Instant::now() + FOLLOWER_RETRY)
+                    .is_none()
+                {
+                    tracing::warn!(follower = id, error = %e, "propagation failed; follower will catch up later");
+                }
+            }
+        }
+    }
+}
+
+/// Leader heartbeat: followers learn the leader's `next` and pull what they
+/// miss, so every replica converges even without new trades.
+pub(crate) async fn run_heartbeat(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let state = node.role();
+        if state.role == Role::Leader {
+            propagate(&node, state.epoch, Vec::new(), true, node.log.next()).await;
+        }
+    }
 }

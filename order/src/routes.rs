@@ -1,8 +1,8 @@
-//! HTTP routes of an order replica. `GET /health` is open; everything else
-//! is internal (cluster token): `POST /orders` (trade, leader only),
-//! `POST /orders/batch` (trades the front-end relays together, leader only),
-//! `GET /orders/{n}`, `GET /synchronize`, `GET /log`, `POST /propagate`,
-//! `POST /leader`.
+//! HTTP routes of an order replica (docs/PROTOCOL.md). `GET /health` is
+//! open; everything else is internal (cluster token): `POST /orders/batch`
+//! (trades the front-end relays, leader only) and `POST /orders` (one
+//! trade: a batch of one), `GET /orders/{n}`, `GET /synchronize`,
+//! `GET /log`, `POST /propagate`, `POST /leader`.
 
 use std::sync::Arc;
 
@@ -12,18 +12,18 @@ use axum::{Json, Router};
 use common::ApiError;
 use common::http::{JsonBody, PathParam, QueryParams};
 use common::types::{
-    Data, Health, LeaderNotice, MAX_TRADE_BATCH, Order, OrderRecord, Propagate, RangeQuery,
-    RelayedTrade, SyncInfo, TradeBatch, TradeBatchResult, TradeCommand, TradeReceipt,
+    Data, Health, LeaderNotice, MAX_TRADE_BATCH, Order, OrderRecord, Propagate, RangeQuery, Role,
+    SyncInfo, TradeAnswer, TradeBatch, TradeBatchResult, TradeCommand, TradeReceipt,
 };
-use tokio::sync::oneshot;
 
 use crate::error::OrderError;
-use crate::leader::{Pending, take_leadership};
-use crate::node::{Node, Role};
+use crate::node::Node;
+use crate::sequencer::Sequencer;
 
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<Node>,
+    pub sequencer: Sequencer,
     pub token: Option<Arc<str>>,
 }
 
@@ -72,35 +72,75 @@ fn require_leader(node: &Node) -> Result<(), OrderError> {
     match node.role().role {
         Role::Leader => Ok(()),
         Role::CatchingUp => Err(OrderError::CatchingUp),
-        Role::Follower { .. } => Err(OrderError::NotLeader),
+        Role::Follower | Role::Up => Err(OrderError::NotLeader),
     }
 }
 
+/// The one trade path: checks each trade, hands the valid ones to the
+/// sequencer together, and answers one [`TradeAnswer`] per trade, in order.
+async fn trade(
+    s: &AppState,
+    trades: Vec<TradeCommand>,
+    request_ids: &[String],
+) -> Vec<TradeAnswer> {
+    let mut answers: Vec<Option<TradeAnswer>> = Vec::with_capacity(trades.len());
+    let mut valid = Vec::with_capacity(trades.len());
+    for cmd in trades {
+        match check_trade(&cmd) {
+            Ok(()) => {
+                answers.push(None);
+                valid.push(cmd);
+            }
+            Err(e) => answers.push(Some(OrderError::Api(e).as_answer())),
+        }
+    }
+    let keys: Vec<String> = valid.iter().map(|c| c.key.clone()).collect();
+    let mut committed = s.sequencer.submit(valid).await.into_iter().zip(keys);
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, refused)| {
+            refused.unwrap_or_else(|| {
+                let Some((answer, key)) = committed.next() else {
+                    return TradeAnswer::retry(Role::Leader, "the sequencer gave no answer");
+                };
+                if let TradeAnswer::Committed { transaction_number } = &answer {
+                    tracing::debug!(
+                        number = transaction_number,
+                        %key,
+                        request_id = request_ids.get(i).map_or("", String::as_str),
+                        "trade committed"
+                    );
+                }
+                answer
+            })
+        })
+        .collect()
+}
+
+/// One trade: a batch of one, answered with the contract's status.
 async fn place(
     State(s): State<AppState>,
     JsonBody(cmd): JsonBody<TradeCommand>,
 ) -> Result<Json<Data<TradeReceipt>>, OrderError> {
     check_trade(&cmd)?;
     require_leader(&s.node)?;
-    let (tx, rx) = oneshot::channel();
-    let key = cmd.key.clone();
-    s.node
-        .sequencer
-        .try_send(Pending { cmd, reply: tx })
-        .map_err(|_| {
-            OrderError::Unavailable("the leader's trade queue is full; retry later".into())
-        })?;
-    let number = rx
+    let request_id = common::request_id::current().map(|id| id.to_string());
+    let answer = trade(&s, vec![cmd], request_id.as_slice())
         .await
-        .map_err(|_| OrderError::Unavailable("the sequencer stopped".into()))??;
-    tracing::debug!(number, %key, "trade committed");
-    Ok(Json(Data::new(TradeReceipt {
-        transaction_number: number,
-    })))
+        .pop()
+        .unwrap_or_else(|| TradeAnswer::retry(Role::Leader, "the sequencer gave no answer"));
+    match answer {
+        TradeAnswer::Retry { message, role } => Err(OrderError::Retry {
+            message,
+            role: role.unwrap_or(Role::Leader),
+        }),
+        other => Ok(Json(Data::new(other.into_http()?))),
+    }
 }
 
-/// Queues every trade of the batch at once (the sequencer commits them
-/// together with whatever else is queued) and answers one outcome each.
+/// Every trade of the batch is queued at once (the sequencer commits them
+/// together with whatever else is queued) and answered on its own.
 async fn place_batch(
     State(s): State<AppState>,
     JsonBody(batch): JsonBody<TradeBatch>,
@@ -113,58 +153,7 @@ async fn place_batch(
         .into());
     }
     require_leader(&s.node)?;
-    let keys: Vec<String> = batch.trades.iter().map(|c| c.key.clone()).collect();
-    let queued: Vec<Result<oneshot::Receiver<_>, RelayedTrade>> = batch
-        .trades
-        .into_iter()
-        .map(|cmd| {
-            if let Err(e) = check_trade(&cmd) {
-                return Err(RelayedTrade::Refused {
-                    code: e.status.as_u16(),
-                    message: e.message,
-                });
-            }
-            let (tx, rx) = oneshot::channel();
-            s.node
-                .sequencer
-                .try_send(Pending { cmd, reply: tx })
-                .map(|()| rx)
-                .map_err(|_| RelayedTrade::Retry {
-                    message: "the leader's trade queue is full; retry later".into(),
-                })
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(queued.len());
-    for (i, q) in queued.into_iter().enumerate() {
-        outcomes.push(match q {
-            Err(outcome) => outcome,
-            Ok(rx) => match rx.await {
-                Ok(Ok(number)) => {
-                    tracing::debug!(
-                        number,
-                        key = %keys[i],
-                        request_id = batch.request_ids.get(i).map_or("", String::as_str),
-                        "trade committed"
-                    );
-                    RelayedTrade::Committed {
-                        transaction_number: number,
-                    }
-                }
-                Ok(Err(OrderError::Api(e))) if e.status.is_client_error() => {
-                    RelayedTrade::Refused {
-                        code: e.status.as_u16(),
-                        message: e.message,
-                    }
-                }
-                Ok(Err(e)) => RelayedTrade::Retry {
-                    message: e.to_string(),
-                },
-                Err(_) => RelayedTrade::Retry {
-                    message: "the sequencer stopped".into(),
-                },
-            },
-        });
-    }
+    let outcomes = trade(&s, batch.trades, &batch.request_ids).await;
     Ok(Json(Data::new(TradeBatchResult { outcomes })))
 }
 
@@ -211,31 +200,5 @@ async fn leader_notice(
     State(s): State<AppState>,
     JsonBody(n): JsonBody<LeaderNotice>,
 ) -> Result<Json<Health>, OrderError> {
-    let node = &s.node;
-    if n.leader_id != node.id && node.peer(n.leader_id).is_none() {
-        return Err(ApiError::bad_request(format!("no replica has id {}", n.leader_id)).into());
-    }
-    let current = node.role();
-    let me = n.leader_id == node.id;
-    if current.epoch == n.epoch && me && matches!(current.role, Role::Leader | Role::CatchingUp) {
-        return Ok(Json(node.health()));
-    }
-    let role = if me {
-        Role::CatchingUp
-    } else {
-        Role::Follower {
-            leader: Some(n.leader_id),
-        }
-    };
-    let (state, taken) = node.adopt(n.epoch, role).await?;
-    if !taken {
-        return Err(OrderError::StaleEpoch {
-            got: n.epoch,
-            current: state.epoch,
-        });
-    }
-    if me {
-        tokio::spawn(take_leadership(node.clone(), state));
-    }
-    Ok(Json(node.health()))
+    Ok(Json(crate::takeover::on_leader_notice(&s.node, n).await?))
 }

@@ -2,90 +2,144 @@
 //! `last()` and ranges are numeric), an index from idempotency key to order
 //! number, and the highest leader epoch seen. Appends are contiguous by
 //! construction (asserted), atomic across trees, and flushed before return.
+//!
+//! Only what is durable is served: `next` (and the epoch) move after the
+//! flush, and every read stops below `next`. After a failed write or flush
+//! (a full disk, an I/O error) sled still holds the write in memory, so
+//! this matters: the log keeps serving what is durable, refuses writes
+//! (503), reports the failure ([`OrderLog::storage`]) and the process
+//! restarts once storage works again (see `common::storage`).
+//!
+//! Every record carries a checksum (in databases of the checksummed
+//! format), and opening checks the whole log: every record, their
+//! contiguity, and the key index. [`OrderLog::open`] does it before it
+//! returns; [`OrderLog::open_serving`] too for a log of up to
+//! 100,000 orders, else the newest before and the rest in the background
+//! (`common::storage::scan`). A damaged log refuses to start (the replica
+//! names `--rebuild`) rather than run with holes.
+//!
+//! This file and `common::storage` (the helpers both stores share) are the
+//! only code of the replica that names the engine; the rest of the crate
+//! sees [`OrderLog`]'s typed methods and [`StoreError`].
 
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::types::OrderRecord;
+use common::storage::{self, Bounds, Database, Format, Scan, ScanState, StorageHealth, encode_key};
+use common::types::{OrderRecord, StorageState};
 use sled::Transactional;
-use sled::transaction::TransactionError;
+use sled::transaction::ConflictableTransactionError;
 use tokio::sync::Mutex;
 
-const EPOCH_KEY: &[u8] = b"epoch";
-/// Most records one `/log` page returns; bounds response size and memory.
-pub const MAX_RANGE: u32 = 1000;
+use crate::metrics::METRICS;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Open(#[from] common::storage::OpenError),
-    #[error("database error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record in {tree}: {message}")]
-    Corrupt { tree: &'static str, message: String },
-    #[error("append of order {first} does not follow the highest order (next expected {next})")]
-    NotContiguous { first: u64, next: u64 },
-}
+pub use common::storage::{MAX_RANGE, StoreError};
+
+const EPOCH_KEY: &[u8] = b"epoch";
 
 pub struct OrderLog {
-    db: sled::Db,
+    db: Database,
     orders: sled::Tree,
     keys: sled::Tree,
-    meta: sled::Tree,
-    /// One more than the highest order number held (0 when empty).
+    /// One more than the highest durable order number (0 when empty).
     next: AtomicU64,
+    /// The highest durable epoch.
+    epoch: AtomicU64,
     /// Serialises appends so the contiguity check and the write are one step.
     append: Mutex<()>,
+    /// The check of every record (see `common::storage::scan`).
+    scan: Scan,
 }
 
-fn decode_number(tree: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
-    common::storage::decode_u64(bytes).ok_or_else(|| StoreError::Corrupt {
-        tree,
-        message: format!("{} bytes where 8 were expected", bytes.len()),
-    })
-}
-
-fn decode_record(number: u64, bytes: &[u8]) -> Result<OrderRecord, StoreError> {
-    let r: OrderRecord = postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        tree: "orders",
-        message: format!("order {number}: {e}"),
-    })?;
-    if r.number != number {
-        return Err(StoreError::Corrupt {
-            tree: "orders",
-            message: format!("key {number} holds order {}", r.number),
-        });
-    }
-    Ok(r)
-}
+/// What to do when the background check finds damage (see
+/// [`OrderLog::open_serving`]).
+type OnDamage = Box<dyn FnOnce(StoreError) + Send>;
 
 impl OrderLog {
+    /// Opens the log and checks every record ([`verify`]) before it
+    /// returns: for tools (`order dump`) and tests.
     pub fn open(path: &Path) -> Result<OrderLog, StoreError> {
-        let db = common::storage::open_db(path, "this order replica")?;
-        let orders = db.open_tree("orders")?;
-        let keys = db.open_tree("keys")?;
-        let meta = db.open_tree("meta")?;
-        let next =
-            match orders.last()? {
-                Some((k, _)) => decode_number("orders", &k)?.checked_add(1).ok_or_else(|| {
-                    StoreError::Corrupt {
-                        tree: "orders",
-                        message: "the last order number is u64::MAX; no number is left".into(),
-                    }
-                })?,
-                None => 0,
-            };
+        Self::open_with(path, "order", None, Bounds::SERVICE)
+    }
+
+    /// Opens the log of the service `service` (`order-2`, named in the
+    /// storage health's log lines). Every record is checked before it
+    /// returns while the log holds at most [`storage::EAGER_LIMIT`] orders;
+    /// a longer log has its newest [`storage::TAIL`] checked here and the
+    /// rest on a background thread, which calls `on_damage` if it finds
+    /// damage (see `common::storage::scan`).
+    pub fn open_serving(
+        path: &Path,
+        service: &str,
+        on_damage: impl FnOnce(StoreError) + Send + 'static,
+    ) -> Result<OrderLog, StoreError> {
+        Self::open_with(path, service, Some(Box::new(on_damage)), Bounds::SERVICE)
+    }
+
+    fn open_with(
+        path: &Path,
+        service: &str,
+        on_damage: Option<OnDamage>,
+        bounds: Bounds,
+    ) -> Result<OrderLog, StoreError> {
+        let db = Database::open(path, "this order replica", service)?;
+        let orders = db.tree("orders")?;
+        let keys = db.tree("keys")?;
+        let format = db.format();
+        let next = storage::next_number(&orders, "orders")?;
+        let epoch = format
+            .get_number(db.meta(), "meta", EPOCH_KEY)?
+            .unwrap_or(0);
+        let scan = match on_damage {
+            Some(on_damage) if next > bounds.eager => {
+                verify_tail(format, &orders, &keys, next, bounds.tail)?;
+                let (orders, keys) = (orders.clone(), keys.clone());
+                Scan::in_background(
+                    service,
+                    move || verify(format, &orders, &keys, next, Writers::Concurrent),
+                    on_damage,
+                )
+            }
+            _ => {
+                verify(format, &orders, &keys, next, Writers::None)?;
+                Scan::passed()
+            }
+        };
         Ok(OrderLog {
             db,
             orders,
             keys,
-            meta,
             next: AtomicU64::new(next),
+            epoch: AtomicU64::new(epoch),
             append: Mutex::new(()),
+            scan,
         })
     }
 
-    /// One more than the highest order number held.
+    /// Where the check of every record stands (`Running` while a long log
+    /// is checked in the background).
+    pub fn scan(&self) -> ScanState {
+        self.scan.state()
+    }
+
+    /// The storage state `/health` reports, and the first error's text.
+    pub fn storage(&self) -> (StorageState, Option<String>) {
+        self.db.health().state()
+    }
+
+    /// The storage health handle (shared with the recovery watcher).
+    pub fn health(&self) -> &StorageHealth {
+        self.db.health()
+    }
+
+    /// Whether records carry checksums (databases written before them do
+    /// not, until rebuilt).
+    pub fn format(&self) -> Format {
+        self.db.format()
+    }
+
+    /// One more than the highest durable order number.
     pub fn next(&self) -> u64 {
         self.next.load(Ordering::Acquire)
     }
@@ -95,36 +149,36 @@ impl OrderLog {
     }
 
     pub fn get(&self, number: u64) -> Result<Option<OrderRecord>, StoreError> {
-        self.orders
-            .get(number.to_be_bytes())?
-            .map(|v| decode_record(number, &v))
-            .transpose()
+        if number >= self.next() {
+            return Ok(None);
+        }
+        let format = self.db.format();
+        self.db
+            .read(format.get_numbered(&self.orders, "orders", number))
     }
 
-    /// The order number an idempotency key created, if any.
+    /// The order number an idempotency key created, if any (and durable).
     pub fn by_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.keys
-            .get(key.as_bytes())?
-            .map(|v| decode_number("keys", &v))
-            .transpose()
+        let next = self.next();
+        let format = self.db.format();
+        let number = self
+            .db
+            .read(format.get_number(&self.keys, "keys", key.as_bytes()))?;
+        Ok(number.filter(|&n| n < next))
     }
 
-    /// Orders `from..`, at most `limit` (capped at [`MAX_RANGE`]).
+    /// Orders `from..`, at most `limit` (capped at [`MAX_RANGE`]), durable
+    /// ones only.
     pub fn range(&self, from: u64, limit: u32) -> Result<Vec<OrderRecord>, StoreError> {
-        self.orders
-            .range(from.to_be_bytes()..)
-            .take(limit.min(MAX_RANGE) as usize)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode_record(decode_number("orders", &k)?, &v)
-            })
-            .collect()
+        let format = self.db.format();
+        self.db
+            .read(format.range(&self.orders, "orders", from, self.next(), limit))
     }
 
     /// Appends records that start exactly at [`next`](Self::next) and are
     /// contiguous; records already held are skipped (they are identical by
     /// construction: only the catalog numbers orders). Flushes before it
-    /// returns the new `next`.
+    /// returns the new `next`. Refused at once after a storage failure.
     pub async fn append(&self, records: &[OrderRecord]) -> Result<u64, StoreError> {
         let _guard = self.append.lock().await;
         let next = self.next();
@@ -138,64 +192,190 @@ impl OrderLog {
                 next,
             });
         }
-        let new_next = next
-            .checked_add(fresh.len() as u64)
+        let new_next = u64::try_from(fresh.len())
+            .ok()
+            .and_then(|n| next.checked_add(n))
             .ok_or_else(|| StoreError::Corrupt {
                 tree: "orders",
                 message: format!("order numbers from {next} are exhausted"),
             })?;
-        // A sender's gap or repeat is refused, never stored (`next + i`
-        // cannot overflow: it stays below `new_next`).
-        for (i, r) in fresh.iter().enumerate() {
-            if r.number != next + i as u64 {
+        // A sender's gap or repeat is refused, never stored (`expected`
+        // stays below `new_next`, so it does not overflow).
+        for (r, expected) in fresh.iter().zip(next..) {
+            if r.number != expected {
                 return Err(StoreError::NotContiguous {
                     first: r.number,
-                    next: next + i as u64,
+                    next: expected,
                 });
             }
         }
-        let result = (&self.orders, &self.keys).transaction(|(orders, keys)| {
-            for r in &fresh {
-                let value =
-                    postcard::to_stdvec(r).expect("postcard encodes plain structs without failing");
-                orders.insert(&r.number.to_be_bytes(), value)?;
-                keys.insert(r.key.as_bytes(), &r.number.to_be_bytes())?;
-            }
-            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-        });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
-        }
-        crate::metrics::timed_flush(&self.db).await?;
+        let format = self.db.format();
+        self.db.write(|| {
+            (&self.orders, &self.keys)
+                .transaction(|(orders, keys)| {
+                    for r in &fresh {
+                        let key = encode_key(r.number);
+                        orders.insert(&key, format.encode(&key, r))?;
+                        let index = r.key.as_bytes();
+                        keys.insert(index, format.encode_number(index, r.number))?;
+                    }
+                    Ok::<(), ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(StoreError::from)
+        })?;
+        self.flush().await?;
         self.next.store(new_next, Ordering::Release);
-        crate::metrics::METRICS
+        METRICS
             .highest
             .set(i64::try_from(new_next).unwrap_or(i64::MAX) - 1);
         Ok(new_next)
     }
 
+    /// The highest durable epoch.
     pub fn epoch(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta
-            .get(EPOCH_KEY)?
-            .map(|v| decode_number("meta", &v))
-            .transpose()?
-            .unwrap_or(0))
+        Ok(self.epoch.load(Ordering::Acquire))
     }
 
     /// Records a higher epoch durably.
     pub async fn set_epoch(&self, epoch: u64) -> Result<(), StoreError> {
-        self.meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
-        crate::metrics::timed_flush(&self.db).await?;
+        let value = self.db.format().encode_number(EPOCH_KEY, epoch);
+        self.db
+            .write(|| Ok(self.db.meta().insert(EPOCH_KEY, value)?))?;
+        self.flush().await?;
+        self.epoch.store(epoch, Ordering::Release);
         Ok(())
     }
 
+    /// Makes every write so far durable, counting and timing the flush
+    /// (a refused one, after a failure, is not a flush).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        crate::metrics::timed_flush(&self.db).await?;
-        Ok(())
+        self.db.health().check()?;
+        METRICS.flush.time(self.db.flush()).await
     }
+}
+
+/// Whether appends may run while a check reads the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writers {
+    /// At open: nothing else writes.
+    None,
+    /// In the background: appends add orders from `below` on meanwhile.
+    Concurrent,
+}
+
+fn corrupt(tree: &'static str, message: String) -> StoreError {
+    StoreError::Corrupt { tree, message }
+}
+
+/// Checks every order below `below`: each decodes (and passes its
+/// checksum), numbers run from 0 without a gap, and the key index holds
+/// exactly one entry per order, naming it. The index is compared in one
+/// pass over each tree (a count and a sum of hashes of every (key, number)
+/// pair), not one lookup per order. Index entries of orders appended since
+/// (`Writers::Concurrent`) are checked against their order instead.
+fn verify(
+    format: Format,
+    orders: &sled::Tree,
+    keys: &sled::Tree,
+    below: u64,
+    writers: Writers,
+) -> Result<(), StoreError> {
+    let mut from_orders = 0u64;
+    let mut held = 0u64;
+    for (kv, expected) in orders.range(..encode_key(below)).zip(0u64..) {
+        let (k, v) = kv?;
+        let number = storage::decode_number("orders", &k)?;
+        if number != expected {
+            return Err(corrupt(
+                "orders",
+                format!("order {expected} is missing (the next one held is {number})"),
+            ));
+        }
+        let r: OrderRecord = format.decode_numbered("orders", number, &v)?;
+        from_orders = from_orders.wrapping_add(pair_hash(r.key.as_bytes(), number));
+        held += 1;
+    }
+    if held != below {
+        return Err(corrupt("orders", format!("order {held} is missing")));
+    }
+    let mut count = 0u64;
+    let mut from_keys = 0u64;
+    for kv in keys.iter() {
+        let (k, v) = kv?;
+        let number = format.decode_number("keys", &k, &v)?;
+        if number < below {
+            from_keys = from_keys.wrapping_add(pair_hash(&k, number));
+            count += 1;
+        } else if writers == Writers::None || !names_its_order(format, orders, &k, number)? {
+            return Err(corrupt(
+                "keys",
+                format!(
+                    "key {:?} names order {number}, which does not hold it",
+                    String::from_utf8_lossy(&k)
+                ),
+            ));
+        }
+    }
+    if count != below || from_keys != from_orders {
+        return Err(corrupt(
+            "keys",
+            format!("the key index does not match the orders ({count} keys for {below} orders)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether order `number` is held and was created by idempotency key `key`.
+fn names_its_order(
+    format: Format,
+    orders: &sled::Tree,
+    key: &[u8],
+    number: u64,
+) -> Result<bool, StoreError> {
+    let order: Option<OrderRecord> = format.get_numbered(orders, "orders", number)?;
+    Ok(order.is_some_and(|r| r.key.as_bytes() == key))
+}
+
+/// The check before serving a long log: the first order is 0, and the
+/// newest `tail` orders (where a torn write would be) decode, run without
+/// a gap, and are named by their index entries.
+fn verify_tail(
+    format: Format,
+    orders: &sled::Tree,
+    keys: &sled::Tree,
+    next: u64,
+    tail: u64,
+) -> Result<(), StoreError> {
+    if let Some((k, _)) = orders.first()? {
+        let first = storage::decode_number("orders", &k)?;
+        if first != 0 {
+            return Err(corrupt(
+                "orders",
+                format!("the log starts at order {first}, not 0"),
+            ));
+        }
+    }
+    for number in next.saturating_sub(tail)..next {
+        let Some(r) = format.get_numbered::<OrderRecord>(orders, "orders", number)? else {
+            return Err(corrupt("orders", format!("order {number} is missing")));
+        };
+        let index = r.key.as_bytes();
+        if format.get_number(keys, "keys", index)? != Some(number) {
+            return Err(corrupt(
+                "keys",
+                format!("order {number}'s key {:?} does not name it", r.key),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A 64-bit hash of one (idempotency key, order number) pair.
+fn pair_hash(key: &[u8], number: u64) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    number.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -218,6 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = OrderLog::open(dir.path()).unwrap();
+            assert_eq!(log.format(), Format::Checksummed);
             assert_eq!(log.highest(), None);
             assert_eq!(log.append(&[rec(0), rec(1)]).await.unwrap(), 2);
             // Already-held records are skipped, new ones appended.
@@ -233,6 +414,7 @@ mod tests {
         assert_eq!(log.by_key("k1").unwrap(), Some(1));
         assert_eq!(log.epoch().unwrap(), 7);
         assert_eq!(log.range(1, 10).unwrap(), vec![rec(1), rec(2)]);
+        assert_eq!(log.storage(), (StorageState::Ok, None));
     }
 
     #[tokio::test]
@@ -243,5 +425,242 @@ mod tests {
             OrderLog::open(dir.path()),
             Err(StoreError::Open(common::storage::OpenError::Locked { .. }))
         ));
+    }
+
+    /// After a failed flush sled still holds the write in memory: no read
+    /// shows it, and every later write is refused as unavailable.
+    #[tokio::test]
+    async fn after_a_failure_only_durable_orders_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = OrderLog::open(dir.path()).unwrap();
+        log.append(&[rec(0), rec(1)]).await.unwrap();
+        // A write the engine took but could not make durable.
+        let format = log.format();
+        log.orders
+            .insert(encode_key(2), format.encode(&encode_key(2), &rec(2)))
+            .unwrap();
+        log.keys
+            .insert(b"k2", format.encode_number(b"k2", 2))
+            .unwrap();
+        let failed = log
+            .health()
+            .fail("IO error: No space left on device (os error 28)");
+        assert!(failed.is_unavailable());
+        assert_eq!(log.get(2).unwrap(), None);
+        assert_eq!(log.by_key("k2").unwrap(), None);
+        assert_eq!(log.range(0, 10).unwrap(), vec![rec(0), rec(1)]);
+        assert_eq!(log.highest(), Some(1));
+        let refused = log.append(&[rec(2)]).await.unwrap_err();
+        assert!(refused.is_unavailable(), "{refused}");
+        assert!(log.set_epoch(3).await.unwrap_err().is_unavailable());
+        assert_eq!(log.epoch().unwrap(), 0);
+        let (state, cause) = log.storage();
+        assert_eq!(state, StorageState::Full);
+        assert!(cause.unwrap().contains("No space left"));
+    }
+
+    /// Damage found by the start-up check: a value that fails its checksum,
+    /// a gap, and an index entry that is missing or names another order.
+    #[tokio::test]
+    async fn damaged_logs_refuse_to_open() {
+        type Damage = fn(&sled::Db);
+        let cases: [(&str, Damage); 4] = [
+            ("fails its checksum", |db| {
+                let orders = db.open_tree("orders").unwrap();
+                let mut v = orders.get(encode_key(1)).unwrap().unwrap().to_vec();
+                v[0] ^= 1;
+                orders.insert(encode_key(1), v).unwrap();
+            }),
+            ("order 1 is missing", |db| {
+                db.open_tree("orders")
+                    .unwrap()
+                    .remove(encode_key(1))
+                    .unwrap();
+            }),
+            ("2 keys for 3 orders", |db| {
+                db.open_tree("keys").unwrap().remove(b"k1").unwrap();
+            }),
+            ("does not match", |db| {
+                let keys = db.open_tree("keys").unwrap();
+                keys.insert(b"k1", Format::Checksummed.encode_number(b"k1", 2))
+                    .unwrap();
+            }),
+        ];
+        for (expected, damage) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            {
+                let log = OrderLog::open(&path).unwrap();
+                log.append(&[rec(0), rec(1), rec(2)]).await.unwrap();
+            }
+            {
+                let db = open_when_unlocked(&path);
+                damage(&db);
+                db.flush().unwrap();
+            }
+            let err = wait_unlocked(|| OrderLog::open(&path)).err().unwrap();
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
+    }
+
+    /// A long log is served once its newest orders are checked; damage
+    /// further back is found by the background check, which reports it
+    /// (the service then exits naming `--rebuild`). Damage in the newest
+    /// orders refuses to open.
+    #[tokio::test]
+    async fn a_long_log_is_checked_in_the_background() {
+        let small = Bounds { eager: 3, tail: 2 };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let log = OrderLog::open(&path).unwrap();
+            log.append(&(0..6).map(rec).collect::<Vec<_>>())
+                .await
+                .unwrap();
+        }
+        let flip = |number: u64| {
+            let db = open_when_unlocked(&path);
+            let orders = db.open_tree("orders").unwrap();
+            let mut v = orders.get(encode_key(number)).unwrap().unwrap().to_vec();
+            v[0] ^= 1;
+            orders.insert(encode_key(number), v).unwrap();
+            db.flush().unwrap();
+        };
+        flip(1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = wait_unlocked(|| {
+            let tx = tx.clone();
+            let damage: OnDamage = Box::new(move |e| tx.send(e.to_string()).unwrap());
+            OrderLog::open_with(&path, "order-1", Some(damage), small)
+        })
+        .unwrap();
+        let found = rx.recv().unwrap();
+        assert!(found.contains("key 1 fails its checksum"), "{found}");
+        assert_eq!(log.scan(), ScanState::Damaged);
+        assert_eq!(log.get(5).unwrap(), Some(rec(5)));
+        assert!(log.get(1).is_err(), "a damaged record is never served");
+        drop(log);
+        flip(1);
+        flip(5);
+        let err = wait_unlocked(|| {
+            let damage: OnDamage = Box::new(|e| panic!("not reached: {e}"));
+            OrderLog::open_with(&path, "order-1", Some(damage), small)
+        })
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("key 5 fails its checksum"),
+            "{err}"
+        );
+    }
+
+    /// A log written before checksums (bare postcard values, no format
+    /// marker) opens, reads and appends as before, without being rewritten.
+    #[tokio::test]
+    async fn a_legacy_log_is_read_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let orders = db.open_tree("orders").unwrap();
+            let keys = db.open_tree("keys").unwrap();
+            for n in 0..2 {
+                orders
+                    .insert(encode_key(n), postcard::to_stdvec(&rec(n)).unwrap())
+                    .unwrap();
+                keys.insert(format!("k{n}"), &encode_key(n)).unwrap();
+            }
+            db.open_tree("meta")
+                .unwrap()
+                .insert(EPOCH_KEY, &encode_key(4))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let log = wait_unlocked(|| OrderLog::open(dir.path())).unwrap();
+        assert_eq!(log.format(), Format::Legacy);
+        assert_eq!(log.epoch().unwrap(), 4);
+        assert_eq!(log.by_key("k1").unwrap(), Some(1));
+        assert_eq!(log.append(&[rec(2)]).await.unwrap(), 3);
+        assert_eq!(log.range(0, 10).unwrap(), vec![rec(0), rec(1), rec(2)]);
+        assert_eq!(log.orders.get(encode_key(0)).unwrap().unwrap().len(), {
+            postcard::to_stdvec(&rec(0)).unwrap().len()
+        });
+    }
+
+    /// The start-up check's cost at a million orders:
+    /// `cargo test --release -p order --lib -- --ignored million`.
+    /// The service checks the newest orders before serving and the rest in
+    /// the background; `order dump` and tests check everything first.
+    #[tokio::test]
+    #[ignore = "a release-mode measurement; takes about a minute"]
+    async fn start_up_check_of_a_million_orders() {
+        const ORDERS: u64 = 1_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = OrderLog::open(dir.path()).unwrap();
+            for base in (0..ORDERS).step_by(1000) {
+                let page: Vec<OrderRecord> = (base..base + 1000)
+                    .map(|n| OrderRecord {
+                        key: format!("g:{n:032x}"),
+                        ..rec(n)
+                    })
+                    .collect();
+                log.append(&page).await.unwrap();
+            }
+        }
+        for attempt in 1..=3 {
+            let (log, opened, started) = loop {
+                let started = std::time::Instant::now();
+                match OrderLog::open_serving(dir.path(), "order-1", |e| panic!("{e}")) {
+                    Ok(log) => break (log, started.elapsed(), started),
+                    Err(StoreError::Open(common::storage::OpenError::Locked { .. })) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            assert_eq!(log.next(), ORDERS);
+            while log.scan() == ScanState::Running {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(log.scan(), ScanState::Passed);
+            let background = started.elapsed();
+            let eager = std::time::Instant::now();
+            verify(log.format(), &log.orders, &log.keys, ORDERS, Writers::None).unwrap();
+            println!(
+                "{ORDERS} orders, open #{attempt}: serving after {opened:?} (tail checked), \
+                 every record checked in the background after {background:?}; \
+                 the whole check before serving would take {:?}",
+                eager.elapsed()
+            );
+        }
+    }
+
+    /// sled releases its lock a moment after the last handle is dropped.
+    fn wait_unlocked<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Err(StoreError::Open(common::storage::OpenError::Locked { .. }))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_when_unlocked(path: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(path) {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 }

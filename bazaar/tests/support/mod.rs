@@ -1,13 +1,15 @@
 //! Shared helpers of the system tests: a scratch cluster of the real
-//! binaries, HTTP calls to the front-end, waiting with deadlines, and the
-//! invariant checks of CONTRACT.md §5.
+//! binaries, HTTP calls to the front-end, and the invariant checks the
+//! README's Testing section names (identical replicas, contiguous numbers,
+//! catalog conservation). Waiting is `common::wait`.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bazaar::cluster::{Cluster, ScratchOptions, Service, write_scratch_config};
 use common::types::{Order, StockRow, TradeKind};
+use common::wait::{poll, wait_until};
 use serde_json::{Value, json};
 
 pub struct TestCluster {
@@ -99,30 +101,30 @@ impl TestCluster {
         quantity: u64,
         key: &str,
     ) -> (u16, Value) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let body =
-                json!({"name": name, "quantity": quantity, "type": kind.as_str()}).to_string();
-            let sent = self
-                .http
-                .post(format!("{}/orders", self.base))
-                .header("content-type", "application/json")
-                .header("idempotency-key", key)
-                .body(body)
-                .send()
-                .await;
-            if let Ok(r) = sent {
+        poll(
+            &format!("an answer to trade {key} that is not a 503"),
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || async move {
+                let body =
+                    json!({"name": name, "quantity": quantity, "type": kind.as_str()}).to_string();
+                let r = self
+                    .http
+                    .post(format!("{}/orders", self.base))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", key)
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
                 let status = r.status().as_u16();
-                if status != 503 {
-                    return (status, r.json().await.unwrap_or(Value::Null));
+                if status == 503 {
+                    return None;
                 }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trade {key} got no answer within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                Some((status, r.json().await.unwrap_or(Value::Null)))
+            },
+        )
+        .await
     }
 
     pub async fn quantity(&self, name: &str) -> u64 {
@@ -178,23 +180,7 @@ pub fn dump_logs(cluster: &Cluster) {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds, panicking with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Asserts the error body of CONTRACT.md §3 with the given status.
+/// Asserts the error body of docs/PROTOCOL.md with the given status.
 pub fn assert_error(status: u16, body: &Value, expected: u16) {
     assert_eq!(status, expected, "unexpected status; body {body}");
     assert_eq!(
@@ -248,3 +234,348 @@ pub fn assert_conservation(stocks: &[StockRow], orders: &[Order], initial: u64) 
 
 /// The orders the client was told about, keyed by number.
 pub type Acked = BTreeMap<u64, Order>;
+
+// ----- Gray-failure helpers (tests/gray.rs, tests/gray_disk.rs) -----
+
+impl TestCluster {
+    /// A cluster whose config is written but whose services are not started,
+    /// so a test can set a service's environment or arguments first (a
+    /// fault proxy's port, a database on a small disk); then [`launch`](Self::launch).
+    pub fn prepare(opts: ScratchOptions) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = write_scratch_config(dir.path(), &opts).expect("scratch config");
+        let cluster = Cluster::new(&config, &dir.path().join("logs")).expect("cluster");
+        let base = cluster.config.frontend_url();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client");
+        TestCluster {
+            cluster,
+            http,
+            base,
+            _dir: dir,
+        }
+    }
+
+    /// Starts every service of a [`prepare`](Self::prepare)d cluster.
+    pub async fn launch(&mut self) {
+        if let Err(e) = self.cluster.start_all().await {
+            dump_logs(&self.cluster);
+            panic!("cluster did not start: {e:#}");
+        }
+    }
+
+    /// The scratch directory (config, logs, databases).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The replica the front-end sends trades to now, from its `/health`.
+    pub async fn frontend_leader(&self) -> Option<u32> {
+        self.cluster
+            .health(Service::Frontend)
+            .await
+            .and_then(|h| h.id)
+    }
+}
+
+/// Waits until `s` answers `/health` with `cond` holding and returns that
+/// answer; on timeout fails with what it last answered.
+pub async fn wait_health(
+    t: &TestCluster,
+    s: Service,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&common::types::Health) -> bool,
+) -> common::types::Health {
+    let last = std::sync::Mutex::new(None);
+    let (cond, last_ref) = (&cond, &last);
+    let found = common::wait::try_poll(
+        &format!("{s} to report {what}"),
+        timeout,
+        Duration::from_millis(20),
+        || async move {
+            let h = t.cluster.health(s).await;
+            let found = h.clone().filter(cond);
+            *last_ref.lock().expect("lock") = Some(h);
+            found
+        },
+    )
+    .await;
+    found.unwrap_or_else(|e| {
+        panic!(
+            "{e}; it last answered {:?}",
+            last.lock().expect("lock").take()
+        )
+    })
+}
+
+/// Asserts that trades were unavailable for at most `bound` at a time from
+/// `since` on (the longest stretch without an acknowledged trade), prints
+/// that figure, and returns it.
+pub fn assert_longest_gap(
+    trickle: &Trickle,
+    since: std::time::Instant,
+    bound: Duration,
+    what: &str,
+) -> Duration {
+    let gap = trickle
+        .longest_gap_since(since)
+        .unwrap_or_else(|| panic!("{what}: no trade was acknowledged after the fault"));
+    eprintln!("{what}: longest time without an acknowledged trade: {gap:?}");
+    assert!(
+        gap <= bound,
+        "{what}: trades were unavailable for {gap:?} (bound {bound:?})"
+    );
+    gap
+}
+
+/// One answer to one attempt of a [`Trickle`] trade.
+#[derive(Debug, Clone)]
+pub struct TrickleAnswer {
+    pub key: String,
+    /// When the attempt was sent.
+    pub sent: std::time::Instant,
+    /// When its answer (or failure) came.
+    pub at: std::time::Instant,
+    /// The status, `None` when no answer came (timeout, connection error).
+    pub status: Option<u16>,
+}
+
+/// What became of every trade of a [`Trickle`].
+#[derive(Debug, Default)]
+pub struct TrickleOutcome {
+    pub acked: Vec<client::AckedTrade>,
+    /// Trades that never got a final answer within their retry budget.
+    pub unknown: Vec<client::UnknownTrade>,
+    /// Trades refused for good (a 4xx other than 408/429): none expected.
+    pub rejected: Vec<(String, u16, Value)>,
+    pub answers: Vec<TrickleAnswer>,
+}
+
+impl TrickleOutcome {
+    /// Time from `t` to the first 200 answer of an attempt sent at or
+    /// after `t`.
+    pub fn first_success_since(&self, t: std::time::Instant) -> Option<Duration> {
+        self.answers
+            .iter()
+            .filter(|a| a.status == Some(200) && a.sent >= t)
+            .map(|a| a.at.duration_since(t))
+            .min()
+    }
+
+    /// 200 answers to attempts sent at or after `t`.
+    pub fn successes_since(&self, t: std::time::Instant) -> usize {
+        self.answers
+            .iter()
+            .filter(|a| a.status == Some(200) && a.sent >= t)
+            .count()
+    }
+
+    /// Attempts sent at or after `t` that failed (no answer, or not a 200).
+    pub fn failures_since(&self, t: std::time::Instant) -> usize {
+        self.answers
+            .iter()
+            .filter(|a| a.status != Some(200) && a.sent >= t)
+            .count()
+    }
+
+    /// The longest time without a 200 answer from `t` to the last 200
+    /// answer: how long trades were unavailable after a fault at `t`
+    /// (`None` before any 200 answer after `t`).
+    pub fn longest_gap_since(&self, t: std::time::Instant) -> Option<Duration> {
+        let mut times: Vec<std::time::Instant> = self
+            .answers
+            .iter()
+            .filter(|a| a.status == Some(200) && a.at >= t)
+            .map(|a| a.at)
+            .collect();
+        times.sort();
+        let first = times.first()?.duration_since(t);
+        Some(
+            times
+                .windows(2)
+                .map(|w| w[1].duration_since(w[0]))
+                .fold(first, Duration::max),
+        )
+    }
+}
+
+/// A steady trickle of small trades through the front-end (one every
+/// `every`, each retried with its Idempotency-Key until it gets a final
+/// answer), recording every answer for recovery times and the guarantees.
+pub struct Trickle {
+    outcome: std::sync::Arc<std::sync::Mutex<TrickleOutcome>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long one trade of a trickle is retried before its outcome counts as
+/// unknown.
+pub const TRICKLE_RETRY_BUDGET: Duration = Duration::from_secs(40);
+/// Trades of a trickle in flight at once; the trickle slows down beyond.
+const TRICKLE_IN_FLIGHT: usize = 32;
+
+impl Trickle {
+    pub fn start(base: &str, every: Duration) -> Trickle {
+        use std::sync::atomic::Ordering;
+        let outcome = std::sync::Arc::new(std::sync::Mutex::new(TrickleOutcome::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let (base, out, halt) = (base.to_string(), outcome.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(TRICKLE_IN_FLIGHT));
+            let mut trades = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(every);
+            let names = ["AAPL", "MSFT", "GOOG", "AMZN"];
+            let mut i = 0usize;
+            while !halt.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let kind = if (i / names.len()).is_multiple_of(2) {
+                    TradeKind::Buy
+                } else {
+                    TradeKind::Sell
+                };
+                let request = common::types::TradeRequest {
+                    name: names[i % names.len()].to_string(),
+                    quantity: 1,
+                    kind,
+                };
+                let key = format!("trickle-{i}");
+                let (http, base, out) = (http.clone(), base.clone(), out.clone());
+                trades.spawn(async move {
+                    trickle_trade(&http, &base, key, request, &out).await;
+                    drop(slot);
+                });
+                while trades.try_join_next().is_some() {}
+                i += 1;
+            }
+            while trades.join_next().await.is_some() {}
+        });
+        Trickle {
+            outcome,
+            stop,
+            task,
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.outcome.lock().expect("trickle lock").acked.len()
+    }
+
+    /// See [`TrickleOutcome::first_success_since`].
+    pub fn first_success_since(&self, t: std::time::Instant) -> Option<Duration> {
+        self.outcome
+            .lock()
+            .expect("trickle lock")
+            .first_success_since(t)
+    }
+
+    /// See [`TrickleOutcome::failures_since`].
+    pub fn failures_since(&self, t: std::time::Instant) -> usize {
+        self.outcome.lock().expect("trickle lock").failures_since(t)
+    }
+
+    /// See [`TrickleOutcome::longest_gap_since`].
+    pub fn longest_gap_since(&self, t: std::time::Instant) -> Option<Duration> {
+        self.outcome
+            .lock()
+            .expect("trickle lock")
+            .longest_gap_since(t)
+    }
+
+    /// See [`TrickleOutcome::successes_since`].
+    pub fn successes_since(&self, t: std::time::Instant) -> usize {
+        self.outcome
+            .lock()
+            .expect("trickle lock")
+            .successes_since(t)
+    }
+
+    /// Stops sending new trades, waits for the ones in flight (each within
+    /// [`TRICKLE_RETRY_BUDGET`]) and returns what became of them all.
+    pub async fn stop(self) -> TrickleOutcome {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the trickle task does not panic");
+        std::mem::take(&mut *self.outcome.lock().expect("trickle lock"))
+    }
+}
+
+async fn trickle_trade(
+    http: &reqwest::Client,
+    base: &str,
+    key: String,
+    request: common::types::TradeRequest,
+    out: &std::sync::Mutex<TrickleOutcome>,
+) {
+    let started = std::time::Instant::now();
+    let body =
+        json!({"name": request.name, "quantity": request.quantity, "type": request.kind.as_str()})
+            .to_string();
+    while started.elapsed() < TRICKLE_RETRY_BUDGET {
+        let sent = std::time::Instant::now();
+        let answer = http
+            .post(format!("{base}/orders"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", &key)
+            .body(body.clone())
+            .send()
+            .await;
+        let (status, json) = match answer {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (Some(status), r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (None, Value::Null),
+        };
+        let done = {
+            let mut o = out.lock().expect("trickle lock");
+            o.answers.push(TrickleAnswer {
+                key: key.clone(),
+                sent,
+                at: std::time::Instant::now(),
+                status,
+            });
+            match status {
+                Some(200) => {
+                    let number = json["data"]["transaction_number"]
+                        .as_u64()
+                        .expect("a 200 carries the transaction number");
+                    o.acked.push(client::AckedTrade {
+                        key: key.clone(),
+                        number,
+                        name: request.name.clone(),
+                        kind: request.kind,
+                        quantity: request.quantity,
+                    });
+                    true
+                }
+                Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => {
+                    o.rejected.push((key.clone(), s, json));
+                    true
+                }
+                _ => false,
+            }
+        };
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    out.lock()
+        .expect("trickle lock")
+        .unknown
+        .push(client::UnknownTrade {
+            key,
+            name: request.name,
+            kind: request.kind,
+            quantity: request.quantity,
+        });
+}

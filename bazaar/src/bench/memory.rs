@@ -1,0 +1,77 @@
+//! Memory figures of `bazaar bench`: the services' resident memory sampled
+//! over the trade phases, and the machine's total, both from `/proc`.
+
+use super::{RSS_SAMPLE_EVERY, Rss};
+
+/// Samples the RSS of `pids` until `stop` fires; returns the samples in order.
+pub(super) async fn sample_rss(
+    pids: Vec<u32>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Vec<u64>> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(RSS_SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => samples.push(pids.iter().map(|p| rss_kib(*p)).collect()),
+            _ = &mut stop => break,
+        }
+    }
+    samples.push(pids.iter().map(|p| rss_kib(*p)).collect());
+    samples
+}
+
+/// Start, middle, end and peak of each service's samples (`samples[t][i]`
+/// is service `i` at time `t`).
+pub(super) fn summarize(pids: &[(String, u32)], samples: &[Vec<u64>]) -> Vec<Rss> {
+    pids.iter()
+        .enumerate()
+        .map(|(i, (service, _))| {
+            let series: Vec<u64> = samples.iter().map(|s| s[i]).collect();
+            let start = series.first().copied().unwrap_or(0);
+            let mid = series.get(series.len() / 2).copied().unwrap_or(0);
+            let end = series.last().copied().unwrap_or(0);
+            Rss {
+                service: service.clone(),
+                start_kib: start,
+                mid_kib: mid,
+                peak_kib: series.iter().copied().max().unwrap_or(0),
+                end_kib: end,
+                growth_pct: growth_pct(start, end),
+                second_half_growth_pct: growth_pct(mid, end),
+            }
+        })
+        .collect()
+}
+
+fn growth_pct(from: u64, to: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    if from == 0 {
+        0.0
+    } else {
+        (to as f64 - from as f64) / from as f64 * 100.0
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub(super) fn machine_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}

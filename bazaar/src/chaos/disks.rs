@@ -1,0 +1,245 @@
+//! Small disks for `bazaar chaos`: the catalog's and every replica's
+//! database each on its own tmpfs, so a fault can fill one service's disk
+//! (a filler file written until `ENOSPC`) and heal it (the filler removed).
+//! Mounting needs root; [`Disks::mount`] says why it cannot otherwise, and
+//! the run skips the disk faults. Every tmpfs is unmounted when [`Disks`]
+//! is dropped, also when the run fails half-way.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, bail};
+
+use crate::cluster::Service;
+
+/// The filler's name in a disk's root (the database is in a subdirectory).
+const FILLER: &str = "filler";
+
+/// One tmpfs on a temporary mount point; unmounted on drop.
+struct SmallDisk {
+    service: Service,
+    mount_point: tempfile::TempDir,
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let path = self.mount_point.path();
+        let ok = Command::new("umount")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // A process still holds a file there: detach it now, the kernel
+            // frees it when the last file closes.
+            let _ = Command::new("umount").arg("-l").arg(path).status();
+        }
+    }
+}
+
+/// The small disks of one run.
+pub struct Disks {
+    disks: Vec<SmallDisk>,
+    /// Size of each disk; grows (see [`Disks::keep_headroom`]).
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Bytes in files under `dir` (allocated blocks, as tmpfs counts them).
+fn used_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => used_under(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+impl Disks {
+    /// Mounts a tmpfs of `bytes` for each of `services`, or says why it
+    /// cannot (not root, `mount` missing or refused). Whatever was mounted
+    /// before a failure is unmounted again.
+    pub fn mount(services: &[Service], bytes: u64) -> Result<Disks, String> {
+        if !is_root() {
+            return Err("mounting a tmpfs needs root".into());
+        }
+        let mut disks = Disks {
+            disks: Vec::new(),
+            bytes: bytes.into(),
+        };
+        for &service in services {
+            let mount_point = tempfile::Builder::new()
+                .prefix(&format!("bazaar-chaos-disk-{service}-"))
+                .tempdir()
+                .map_err(|e| format!("cannot create a mount point: {e}"))?;
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(mount_point.path())
+                .output()
+                .map_err(|e| format!("cannot run mount: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            disks.disks.push(SmallDisk {
+                service,
+                mount_point,
+            });
+        }
+        Ok(disks)
+    }
+
+    /// Size of each disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Doubles the size of every disk (a live `mount -o remount`) while a
+    /// database takes more than half of it, so the run never fills a disk
+    /// by itself whatever its trade rate; only the filler does. Call it
+    /// while no disk is being filled. Returns the size now.
+    pub fn keep_headroom(&self) -> anyhow::Result<u64> {
+        let used = self.used().into_iter().map(|(_, n)| n).max().unwrap_or(0);
+        let mut bytes = self.bytes();
+        if used <= bytes / 2 {
+            return Ok(bytes);
+        }
+        while used > bytes / 2 {
+            bytes *= 2;
+        }
+        for d in &self.disks {
+            let out = Command::new("mount")
+                .args(["-o", &format!("remount,size={bytes}")])
+                .arg(d.mount_point.path())
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "cannot grow the small disk of {} to {bytes} bytes: {}",
+                    d.service,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        self.bytes.store(bytes, Ordering::Relaxed);
+        tracing::info!(used, bytes, "small disks grown");
+        Ok(bytes)
+    }
+
+    fn root(&self, s: Service) -> anyhow::Result<&Path> {
+        self.disks
+            .iter()
+            .find(|d| d.service == s)
+            .map(|d| d.mount_point.path())
+            .with_context(|| format!("{s} has no small disk"))
+    }
+
+    /// Where the database of each service goes (a directory on its disk).
+    pub fn db_paths(&self) -> Vec<(Service, PathBuf)> {
+        self.disks
+            .iter()
+            .map(|d| (d.service, d.mount_point.path().join(d.service.to_string())))
+            .collect()
+    }
+
+    /// Fills every free byte of `s`'s disk with a filler file; returns its
+    /// size. Blocking: call it off the async threads.
+    pub fn fill(&self, s: Service) -> anyhow::Result<u64> {
+        let path = self.root(s)?.join(FILLER);
+        let mut f = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let chunk = vec![0xA5u8; 64 * 1024];
+        let mut written = 0u64;
+        // Whole chunks, then smaller and smaller writes for the last pages.
+        let mut size = chunk.len();
+        while size > 0 {
+            match f.write(&chunk[..size]) {
+                Ok(0) => break,
+                Ok(n) => written += u64::try_from(n)?,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => size /= 2,
+                Err(e) => bail!("filling the disk of {s}: {e}"),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Removes the filler of `s`'s disk: the space is back.
+    pub fn free(&self, s: Service) -> anyhow::Result<()> {
+        let path = self.root(s)?.join(FILLER);
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))
+    }
+
+    /// Bytes the databases take on each disk now (the filler not counted).
+    pub fn used(&self) -> Vec<(Service, u64)> {
+        self.disks
+            .iter()
+            .map(|d| {
+                let db = d.mount_point.path().join(d.service.to_string());
+                (d.service, used_under(&db))
+            })
+            .collect()
+    }
+
+    /// Copies every database (not the fillers) into `dir/<service>`, to
+    /// keep them once the disks are unmounted.
+    pub fn copy_into(&self, dir: &Path) -> std::io::Result<()> {
+        for d in &self.disks {
+            let name = d.service.to_string();
+            copy_tree(&d.mount_point.path().join(&name), &dir.join(&name))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_files_below_and_copies_keep_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("order-1");
+        std::fs::create_dir_all(db.join("blobs")).unwrap();
+        std::fs::write(db.join("db"), vec![1u8; 10_000]).unwrap();
+        std::fs::write(db.join("blobs/a"), vec![2u8; 5_000]).unwrap();
+        let used = used_under(&db);
+        assert!(used >= 15_000, "{used}");
+        assert_eq!(used_under(&dir.path().join("missing")), 0);
+        let to = dir.path().join("kept");
+        copy_tree(&db, &to).unwrap();
+        assert_eq!(std::fs::read(to.join("blobs/a")).unwrap().len(), 5_000);
+        assert_eq!(std::fs::read(to.join("db")).unwrap().len(), 10_000);
+    }
+}

@@ -1,0 +1,56 @@
+//! Messages between the leader and the catalog: a batch to apply and the
+//! catalog's verdict on each trade, the fence a new leader sets, and the
+//! conflicts that refuse a whole batch.
+
+use serde::{Deserialize, Serialize};
+
+use super::TradeCommand;
+
+/// Leader → catalog: apply these trades in order; the successful ones take
+/// the numbers `base`, `base + 1`, ... in turn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApplyBatch {
+    pub epoch: u64,
+    pub base: u64,
+    pub trades: Vec<TradeCommand>,
+}
+
+/// The catalog's verdict on one trade of an [`ApplyBatch`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TradeOutcome {
+    Applied { number: u64 },
+    Rejected { code: u16, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApplyResult {
+    pub outcomes: Vec<TradeOutcome>,
+}
+
+/// Leader → catalog before it takes trades: "I lead epoch `epoch`".
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: u64,
+}
+
+/// The catalog's answer to a [`Fence`]: the next order number it expects.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FenceResult {
+    pub next: u64,
+}
+
+/// Why the catalog refused a whole batch (HTTP 409 body `{"conflict": ...}`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyConflict {
+    /// The sender leads an older epoch than the catalog has seen.
+    StaleEpoch { current: u64 },
+    /// The batch does not start at the next number the catalog expects.
+    Sequence { next: u64 },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConflictBody {
+    pub conflict: ApplyConflict,
+}
