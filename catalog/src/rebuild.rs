@@ -75,7 +75,7 @@ pub async fn rebuild(config: &Config) -> anyhow::Result<Rebuilt> {
     }
     let building = Catalog::open(&staging)?;
     let stocks = building.load_initial(&config.catalog.stocks).await?;
-    building.fence(epoch).await?;
+    building.fence(epoch, None).await?;
     let orders = replay(&building, &client, &url, epoch, &config.catalog.stocks).await?;
     building.flush().await?;
     drop(building);
@@ -159,6 +159,7 @@ async fn replay(
             );
         }
         let batch = ApplyBatch {
+            leader_id: None,
             epoch,
             base: from,
             trades: page

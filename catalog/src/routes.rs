@@ -116,7 +116,7 @@ async fn fence(
     State(s): State<AppState>,
     JsonBody(f): JsonBody<Fence>,
 ) -> Result<Json<FenceResult>, CatalogError> {
-    let next = s.catalog.fence(f.epoch).await?;
+    let next = s.catalog.fence(f.epoch, f.leader_id).await?;
     Ok(Json(FenceResult { next }))
 }
 

@@ -70,12 +70,31 @@ impl StockValue {
 }
 
 const EPOCH_KEY: &[u8] = b"epoch";
+/// The replica that fenced the current epoch.
+const LEADER_KEY: &[u8] = b"leader";
 
 /// Serialises batches and fences: the catalog is the single point that
-/// orders trades, so these run one at a time. Both figures are durable.
+/// orders trades, so these run one at a time. Every figure is durable.
 struct Sequencer {
     epoch: u64,
+    /// The one replica whose batches this epoch takes (several front-ends
+    /// could name two leaders of one epoch; the first to fence it wins).
+    leader: Option<u32>,
     next: u64,
+}
+
+impl Sequencer {
+    /// Refuses a sender of an older epoch, or another leader of this one.
+    fn admit(&self, epoch: u64, leader: Option<u32>) -> Result<(), CatalogError> {
+        let other_leader = epoch == self.epoch
+            && matches!((self.leader, leader), (Some(held), Some(l)) if held != l);
+        if epoch < self.epoch || other_leader {
+            return Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
+                current: self.epoch,
+            }));
+        }
+        Ok(())
+    }
 }
 
 /// The stocks a transaction changed, to copy once they are durable.
@@ -126,6 +145,9 @@ impl Catalog {
         let epoch = format
             .get_number(db.meta(), "meta", EPOCH_KEY)?
             .unwrap_or(0);
+        let leader = format
+            .get_number(db.meta(), "meta", LEADER_KEY)?
+            .and_then(|id| u32::try_from(id).ok());
         let mut durable = BTreeMap::new();
         for kv in stocks.iter() {
             let (k, v) = kv?;
@@ -151,7 +173,11 @@ impl Catalog {
             db,
             stocks,
             applied,
-            seq: Mutex::new(Sequencer { epoch, next }),
+            seq: Mutex::new(Sequencer {
+                epoch,
+                leader,
+                next,
+            }),
             durable: RwLock::new(durable),
             durable_next: AtomicU64::new(next),
             scan,
@@ -241,21 +267,29 @@ impl Catalog {
         (seq.epoch, seq.next)
     }
 
-    /// A leader of `epoch` announces itself; older leaders are refused from
-    /// now on. Returns the next order number the catalog expects.
-    pub async fn fence(&self, epoch: u64) -> Result<u64, CatalogError> {
+    /// `leader` announces itself as the leader of `epoch`; older leaders,
+    /// and any other leader of this epoch, are refused from now on.
+    /// Returns the next order number the catalog expects.
+    pub async fn fence(&self, epoch: u64, leader: Option<u32>) -> Result<u64, CatalogError> {
         let mut seq = self.seq.lock().await;
-        if epoch < seq.epoch {
-            return Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
-                current: seq.epoch,
-            }));
-        }
-        if epoch > seq.epoch {
-            let value = self.db.format().encode_number(EPOCH_KEY, epoch);
-            self.db
-                .write(|| Ok(self.db.meta().insert(EPOCH_KEY, value)?))?;
+        seq.admit(epoch, leader)?;
+        let new_leader = leader.is_some() && seq.leader != leader;
+        if epoch > seq.epoch || new_leader {
+            let format = self.db.format();
+            let epoch_value = format.encode_number(EPOCH_KEY, epoch);
+            let leader_value = leader.map(|l| format.encode_number(LEADER_KEY, u64::from(l)));
+            self.db.write(|| {
+                let meta = self.db.meta();
+                meta.insert(EPOCH_KEY, epoch_value.clone())?;
+                match &leader_value {
+                    Some(v) => meta.insert(LEADER_KEY, v.clone())?,
+                    None => meta.remove(LEADER_KEY)?,
+                };
+                Ok(())
+            })?;
             self.flush().await?;
             seq.epoch = epoch;
+            seq.leader = leader;
         }
         Ok(seq.next)
     }
@@ -265,11 +299,7 @@ impl Catalog {
     /// `base + 1`, ...; a refused one is an outcome, not an error.
     pub async fn apply(&self, batch: &ApplyBatch) -> Result<Vec<TradeOutcome>, CatalogError> {
         let mut seq = self.seq.lock().await;
-        if batch.epoch < seq.epoch {
-            return Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
-                current: seq.epoch,
-            }));
-        }
+        seq.admit(batch.epoch, batch.leader_id)?;
         if batch.base != seq.next {
             return Err(CatalogError::Conflict(ApplyConflict::Sequence {
                 next: seq.next,
@@ -285,6 +315,11 @@ impl Catalog {
         self.flush().await?;
         self.make_durable(changed);
         self.durable_next.store(next, Ordering::Release);
+        if batch.epoch > seq.epoch || batch.leader_id.is_some() {
+            // A batch of a newer epoch that was never fenced names its
+            // leader itself (or none, from an older sender).
+            seq.leader = batch.leader_id;
+        }
         seq.epoch = batch.epoch;
         seq.next = next;
         Ok(outcomes)
@@ -344,6 +379,12 @@ impl Catalog {
                     number = number.saturating_add(1);
                 }
                 meta.insert(EPOCH_KEY, format.encode_number(EPOCH_KEY, batch.epoch))?;
+                if let Some(leader) = batch.leader_id {
+                    meta.insert(
+                        LEADER_KEY,
+                        format.encode_number(LEADER_KEY, u64::from(leader)),
+                    )?;
+                }
                 Ok((outcomes, number, changed))
             });
         Ok(result?)
@@ -432,6 +473,7 @@ mod tests {
     async fn batch_applies_in_order_and_numbers_only_successes() {
         let (_d, c) = catalog().await;
         let batch = ApplyBatch {
+            leader_id: None,
             epoch: 1,
             base: 0,
             trades: vec![
@@ -455,8 +497,9 @@ mod tests {
     #[tokio::test]
     async fn stale_epochs_and_wrong_bases_are_refused() {
         let (_d, c) = catalog().await;
-        assert_eq!(c.fence(3).await.unwrap(), 0);
+        assert_eq!(c.fence(3, None).await.unwrap(), 0);
         let mut batch = ApplyBatch {
+            leader_id: None,
             epoch: 2,
             base: 0,
             trades: vec![trade("MSFT", TradeKind::Buy, 1)],
@@ -474,7 +517,7 @@ mod tests {
             Err(CatalogError::Conflict(ApplyConflict::Sequence { next: 0 }))
         ));
         assert!(matches!(
-            c.fence(2).await,
+            c.fence(2, None).await,
             Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
                 current: 3
             }))
@@ -499,6 +542,7 @@ mod tests {
     async fn after_a_failure_only_durable_state_is_served() {
         let (_d, c) = catalog().await;
         let batch = ApplyBatch {
+            leader_id: None,
             epoch: 1,
             base: 0,
             trades: vec![trade("AAPL", TradeKind::Buy, 10)],
@@ -506,6 +550,7 @@ mod tests {
         c.apply(&batch).await.unwrap();
         // A batch the engine took but could not make durable.
         let next = ApplyBatch {
+            leader_id: None,
             epoch: 1,
             base: 1,
             trades: vec![trade("AAPL", TradeKind::Buy, 5)],
@@ -525,7 +570,9 @@ mod tests {
             matches!(&refused, CatalogError::Store(e) if e.is_unavailable()),
             "{refused}"
         );
-        assert!(matches!(c.fence(5).await, Err(CatalogError::Store(e)) if e.is_unavailable()));
+        assert!(
+            matches!(c.fence(5, None).await, Err(CatalogError::Store(e)) if e.is_unavailable())
+        );
         assert_eq!(c.storage().0, StorageState::Full);
     }
 
@@ -535,6 +582,7 @@ mod tests {
     async fn lookups_move_only_after_the_flush() {
         let (_d, c) = catalog().await;
         let batch = ApplyBatch {
+            leader_id: None,
             epoch: 1,
             base: 0,
             trades: vec![trade("MSFT", TradeKind::Buy, 3)],
@@ -554,6 +602,7 @@ mod tests {
             let c = Catalog::open(&path).unwrap();
             c.load_initial(&csv).await.unwrap();
             let batch = ApplyBatch {
+                leader_id: None,
                 epoch: 1,
                 base: 0,
                 trades: vec![
@@ -613,6 +662,7 @@ mod tests {
         assert_eq!(c.format(), Format::Legacy);
         assert_eq!(c.get("AAPL").unwrap().unwrap().quantity, 7);
         let batch = ApplyBatch {
+            leader_id: None,
             epoch: 1,
             base: 0,
             trades: vec![trade("AAPL", TradeKind::Buy, 2)],
@@ -636,6 +686,7 @@ mod tests {
         let (dir, c) = catalog().await;
         let path = dir.path().join("db");
         let batch = ApplyBatch {
+            leader_id: None,
             epoch: 1,
             base: 0,
             trades: (0..6)
@@ -709,6 +760,7 @@ mod tests {
                     })
                     .collect();
                 let batch = ApplyBatch {
+                    leader_id: None,
                     epoch: 1,
                     base,
                     trades,

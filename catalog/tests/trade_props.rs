@@ -272,6 +272,7 @@ fn sequential_batches_match_the_wide_integer_model() {
                     .collect();
                 let base = c.position().await.1;
                 let batch = ApplyBatch {
+                    leader_id: None,
                     epoch: 1,
                     base,
                     trades: trades.clone(),
@@ -324,6 +325,7 @@ async fn apply_one(c: &Catalog, t: TradeCommand) -> TradeOutcome {
     for _ in 0..10_000 {
         let base = c.position().await.1;
         let batch = ApplyBatch {
+            leader_id: None,
             epoch: 1,
             base,
             trades: vec![t.clone()],
@@ -512,6 +514,7 @@ fn corrupt_database_files_give_errors_not_panics() {
             let _ = c.applied_range(0, 100);
             let (epoch, next) = c.position().await;
             let batch = ApplyBatch {
+                leader_id: None,
                 epoch,
                 base: next,
                 trades: g

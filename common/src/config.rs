@@ -21,6 +21,11 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub frontend: FrontendConfig,
     pub orders: Vec<OrderConfig>,
+    /// More front-ends serving the same cluster (ids from 2; front-end 1 is
+    /// `frontend:`, whose `cache_size` and `health_check_interval_ms` every
+    /// front-end shares).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_frontends: Vec<FrontendAddr>,
     /// Shared secret for internal endpoints; `None` leaves them open (loopback only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -51,6 +56,21 @@ pub struct FrontendConfig {
     pub health_check_interval_ms: u64,
 }
 
+/// Where one front-end listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendAddr {
+    pub id: u32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl FrontendAddr {
+    pub fn url(&self) -> String {
+        base_url(&self.host, self.port)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OrderConfig {
@@ -78,6 +98,9 @@ const MAX_CACHE_SIZE: usize = 1_000_000;
 const HEALTH_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 /// Replica ids are small positive numbers.
 const MAX_REPLICAS: usize = 16;
+/// Every front-end is told of every trade's invalidation before the trade
+/// is acknowledged, so their number bounds that fan-out.
+const MAX_FRONTENDS: usize = 16;
 
 impl Config {
     /// Reads, overrides from the process environment, resolves and validates.
@@ -197,6 +220,22 @@ impl Config {
             }
             check_addr(format!("order replica {}", o.id), &o.host, o.port)?;
         }
+        let mut frontend_ids = HashSet::from([1]);
+        for f in &self.extra_frontends {
+            if f.id < 2 {
+                return Err(format!(
+                    "extra_frontends: id {} is not allowed (front-end 1 is `frontend:`; extra ids start at 2)",
+                    f.id
+                ));
+            }
+            if !frontend_ids.insert(f.id) {
+                return Err(format!("extra_frontends: id {} appears twice", f.id));
+            }
+            check_addr(format!("front-end {}", f.id), &f.host, f.port)?;
+        }
+        if self.extra_frontends.len() > MAX_FRONTENDS - 1 {
+            return Err(format!("at most {MAX_FRONTENDS} front-ends are supported"));
+        }
         if self.frontend.cache_size > MAX_CACHE_SIZE {
             return Err(format!(
                 "frontend.cache_size must be at most {MAX_CACHE_SIZE}"
@@ -225,8 +264,27 @@ impl Config {
     pub fn catalog_url(&self) -> String {
         base_url(&self.catalog.host, self.catalog.port)
     }
+    /// `http://host:port` of front-end 1 (`frontend:`).
     pub fn frontend_url(&self) -> String {
         base_url(&self.frontend.host, self.frontend.port)
+    }
+
+    /// Every front-end, front-end 1 first, then the extra ones by id.
+    pub fn frontends(&self) -> Vec<FrontendAddr> {
+        let mut all = vec![FrontendAddr {
+            id: 1,
+            host: self.frontend.host.clone(),
+            port: self.frontend.port,
+        }];
+        let mut extra = self.extra_frontends.clone();
+        extra.sort_by_key(|f| f.id);
+        all.extend(extra);
+        all
+    }
+
+    /// Front-end `id` (1 is `frontend:`).
+    pub fn frontend(&self, id: u32) -> Option<FrontendAddr> {
+        self.frontends().into_iter().find(|f| f.id == id)
     }
 }
 
@@ -279,30 +337,36 @@ fn apply_override(root: &mut Value, var: &str, raw: &str) -> Result<(), String> 
         return Err("the config must be a mapping".into());
     };
     match path.as_slice() {
-        [section, key] if section != "orders" => {
+        [section, key] if section != "orders" && section != "extra_frontends" => {
             let sec = top
                 .get_mut(section.as_str())
                 .and_then(Value::as_mapping_mut)
                 .ok_or_else(|| format!("{var}: there is no section `{section}`"))?;
             set_existing(sec, key, scalar, var)
         }
-        [orders, id, key] if orders == "orders" => {
+        [list, id, key] if list == "orders" || list == "extra_frontends" => {
+            let what = if list == "orders" {
+                "order replica"
+            } else {
+                "extra front-end"
+            };
             let id: u64 = id
                 .parse()
-                .map_err(|_| format!("{var}: `{id}` is not a replica id"))?;
-            let list = top
-                .get_mut("orders")
+                .map_err(|_| format!("{var}: `{id}` is not an id"))?;
+            let entries = top
+                .get_mut(list.as_str())
                 .and_then(Value::as_sequence_mut)
-                .ok_or_else(|| format!("{var}: there is no `orders` list"))?;
-            let entry = list
+                .ok_or_else(|| format!("{var}: there is no `{list}` list"))?;
+            let entry = entries
                 .iter_mut()
                 .filter_map(Value::as_mapping_mut)
                 .find(|m| m.get("id").and_then(Value::as_u64) == Some(id))
-                .ok_or_else(|| format!("{var}: there is no order replica with id {id}"))?;
+                .ok_or_else(|| format!("{var}: there is no {what} with id {id}"))?;
             set_existing(entry, key, scalar, var)
         }
         _ => Err(format!(
-            "{var}: overrides are BAZAAR_<SECTION>__<KEY> or BAZAAR_ORDERS__<ID>__<KEY>"
+            "{var}: overrides are BAZAAR_<SECTION>__<KEY>, BAZAAR_ORDERS__<ID>__<KEY> \
+             or BAZAAR_EXTRA_FRONTENDS__<ID>__<KEY>"
         )),
     }
 }
@@ -361,6 +425,45 @@ mod tests {
         .unwrap();
         assert_eq!(c.frontend.cache_size, 0);
         assert_eq!(c.order(3).unwrap().port, 17000);
+    }
+
+    #[test]
+    fn extra_frontends_are_listed_checked_and_overridden() {
+        let with = format!(
+            "{SHIPPED}extra_frontends:\n  - {{ id: 3, host: 127.0.0.1, port: 8082 }}\n  - {{ id: 2, host: 127.0.0.1, port: 8081 }}\n"
+        );
+        let c = parse(&with, &[("BAZAAR_EXTRA_FRONTENDS__3__PORT", "9083")]).unwrap();
+        let ids: Vec<u32> = c.frontends().iter().map(|f| f.id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(c.frontend(3).unwrap().port, 9083);
+        assert_eq!(c.frontend(1).unwrap().port, 8080);
+        assert!(parse(SHIPPED, &[]).unwrap().extra_frontends.is_empty());
+        let second = "id: 2, host: 127.0.0.1, port: 8081";
+        let e = parse(
+            &with.replace(second, "id: 1, host: 127.0.0.1, port: 8081"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("id 1 is not allowed"), "{e}");
+        let e = parse(
+            &with.replace(second, "id: 3, host: 127.0.0.1, port: 8081"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("id 3 appears twice"), "{e}");
+        let e = parse(
+            &with.replace(second, "id: 2, host: 127.0.0.1, port: 8080"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("used twice"), "{e}");
+        let e = parse(&with, &[("BAZAAR_EXTRA_FRONTENDS__9__PORT", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no extra front-end with id 9"), "{e}");
     }
 
     #[test]

@@ -37,13 +37,18 @@ pub struct Cli {
     /// Path of config.yaml.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
+    /// Which front-end this is: 1 is `frontend:` in the config, 2 and up
+    /// are listed under `extra_frontends`.
+    #[arg(long, default_value_t = 1)]
+    pub id: u32,
     #[command(flatten)]
     pub log: common::telemetry::LogArgs,
 }
 
-/// Builds the state and starts the active health check of the leader.
+/// Builds the state of front-end 1 and starts the active health check of
+/// the leader.
 pub fn open(config: &Config) -> AppState {
-    AppState::open(config)
+    AppState::open(config, 1)
 }
 
 pub async fn run(
@@ -51,7 +56,7 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut metrics = common::metrics::MetricsBuilder::new("frontend");
+    let mut metrics = common::metrics::MetricsBuilder::new(&state.name());
     state.cache.stats.register(&mut metrics.registry);
     state.selector.stats.register(&mut metrics.registry);
     let app = metrics.finish(router(state));

@@ -21,6 +21,10 @@ use prometheus_client::metrics::gauge::Gauge;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Leader changes kept for `/status`.
 const HISTORY: usize = 32;
+/// Looks at the replicas at most this often per selection: a proposal that
+/// loses to another front-end's is followed by a look that adopts the
+/// winner, so two rounds settle it; the third covers a replica dying mid-way.
+const SELECTION_ROUNDS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct Replica {
@@ -37,7 +41,10 @@ pub struct Current {
 
 #[derive(Debug, Default)]
 pub struct LeaderStats {
+    /// Leaders this front-end named, each with a new epoch.
     pub selections: Counter,
+    /// Leaders this front-end found already named and followed as they were.
+    pub adoptions: Counter,
     /// Id of the current leader; 0 when there is none.
     pub leader_id: Gauge,
     pub epoch: Gauge,
@@ -47,8 +54,13 @@ impl LeaderStats {
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "leader_selections",
-            "Leader selections made by the front-end",
+            "Leader selections made by the front-end (each starts a new epoch)",
             self.selections.clone(),
+        );
+        registry.register(
+            "leader_adoptions",
+            "Leaders the front-end found already named (by another front-end) and followed",
+            self.adoptions.clone(),
         );
         registry.register(
             "leader_id",
@@ -152,9 +164,16 @@ impl Selector {
         self.probe.health(url).await.ok()
     }
 
-    /// Selects a leader unless one other than `failed` was selected
-    /// meanwhile (many requests see the same failure; one selection serves
-    /// them all).
+    /// Finds the leader unless one other than `failed` was found meanwhile
+    /// (many requests see the same failure; one selection serves them all).
+    ///
+    /// Several front-ends agree without churning the epoch: a replica that
+    /// leads (or is catching up to lead) the newest epoch any replica or the
+    /// catalog reports, and is not the one that `failed`, is adopted as it
+    /// is. Only when there is none does this front-end propose the next
+    /// epoch to the best candidate; a replica takes one leader per epoch,
+    /// so when another front-end's proposal got there first, the next round
+    /// finds it and adopts it.
     pub async fn select(&self, failed: Option<&Current>) -> Result<Current, ApiError> {
         let _one_at_a_time = self.select_lock.lock().await;
         if let Some(c) = self.current()
@@ -162,59 +181,83 @@ impl Selector {
         {
             return Ok(c);
         }
-        let probes = self
-            .replicas
-            .iter()
-            .map(|r| async move { (r.clone(), self.health_of(&r.url).await) });
-        let mut answers: Vec<(Replica, Health)> = Vec::new();
-        for (r, h) in join_all(probes).await {
-            if let Some(h) = h {
-                answers.push((r, h));
+        for _round in 0..SELECTION_ROUNDS {
+            let answers = self.probe_replicas().await;
+            if answers.is_empty() {
+                break;
             }
-        }
-        // Replicas that can commit first (highest id first within each
-        // group): one that answers but cannot reach the catalog or write
-        // its log is chosen only when no other can do better.
-        answers.sort_by_key(|(_, h)| !h.ready);
-        let catalog_epoch = self
-            .health_of(&self.catalog_url)
-            .await
-            .map_or(0, |h| h.epoch);
-        let floor = failed.map_or(0, |f| f.epoch);
-        let mut epoch = answers
-            .iter()
-            .map(|(_, h)| h.epoch)
-            .chain([catalog_epoch, floor])
-            .max()
-            .unwrap_or(0);
-        // Highest id first; a candidate that refuses the notice is skipped.
-        for (candidate, _) in &answers {
-            epoch += 1;
-            let notice = LeaderNotice {
-                epoch,
-                leader_id: candidate.id,
-            };
-            if !self.notify(&candidate.url, notice).await {
-                continue;
-            }
-            let others = answers
+            let catalog_epoch = self
+                .health_of(&self.catalog_url)
+                .await
+                .map_or(0, |h| h.epoch);
+            let newest = answers
                 .iter()
-                .filter(|(r, _)| r.id != candidate.id)
-                .map(|(r, _)| self.notify(&r.url, notice));
-            join_all(others).await;
-            let chosen = Current {
-                id: candidate.id,
-                epoch,
-                url: candidate.url.clone(),
-            };
-            self.stats.selections.inc();
-            tracing::info!(leader = chosen.id, epoch, "leader selected");
-            self.set_current(Some(chosen.clone()));
-            return Ok(chosen);
+                .map(|(_, h)| h.epoch)
+                .chain([catalog_epoch, failed.map_or(0, |f| f.epoch)])
+                .max()
+                .unwrap_or(0);
+            if let Some(leader) = adoptable(&answers, newest, failed) {
+                self.stats.adoptions.inc();
+                tracing::info!(
+                    leader = leader.id,
+                    epoch = leader.epoch,
+                    "following the leader the replicas report"
+                );
+                self.set_current(Some(leader.clone()));
+                return Ok(leader);
+            }
+            if let Some(chosen) = self.propose(&answers, newest + 1).await {
+                return Ok(chosen);
+            }
         }
         self.set_current(None);
         tracing::warn!("no order replica answers; trades are unavailable");
         Err(ApiError::unavailable("no order replica is reachable"))
+    }
+
+    /// Every replica that answers, those that can commit first (highest id
+    /// first within each group): one that answers but cannot reach the
+    /// catalog or write its log is chosen only when no other can do better.
+    async fn probe_replicas(&self) -> Vec<(Replica, Health)> {
+        let probes = self
+            .replicas
+            .iter()
+            .map(|r| async move { (r.clone(), self.health_of(&r.url).await) });
+        let mut answers: Vec<(Replica, Health)> = join_all(probes)
+            .await
+            .into_iter()
+            .filter_map(|(r, h)| Some((r, h?)))
+            .collect();
+        answers.sort_by_key(|(_, h)| !h.ready);
+        answers
+    }
+
+    /// Proposes the best candidate as the leader of `epoch` and tells the
+    /// others. `None` when the candidate refused (another front-end's
+    /// proposal of this epoch came first, or it is gone): look again.
+    async fn propose(&self, answers: &[(Replica, Health)], epoch: u64) -> Option<Current> {
+        let (candidate, _) = answers.first()?;
+        let notice = LeaderNotice {
+            epoch,
+            leader_id: candidate.id,
+        };
+        if !self.notify(&candidate.url, notice).await {
+            return None;
+        }
+        let others = answers
+            .iter()
+            .filter(|(r, _)| r.id != candidate.id)
+            .map(|(r, _)| self.notify(&r.url, notice));
+        join_all(others).await;
+        let chosen = Current {
+            id: candidate.id,
+            epoch,
+            url: candidate.url.clone(),
+        };
+        self.stats.selections.inc();
+        tracing::info!(leader = chosen.id, epoch, "leader selected");
+        self.set_current(Some(chosen.clone()));
+        Some(chosen)
     }
 
     async fn notify(&self, url: &str, notice: LeaderNotice) -> bool {
@@ -285,4 +328,28 @@ impl Selector {
             .into_iter()
             .any(|h| h.is_some_and(|h| h.ready))
     }
+}
+
+/// The replica to follow without a new epoch: one that leads, or is
+/// catching up to lead, the `newest` epoch, is not the leader that
+/// `failed`, and can commit (or no replica can).
+fn adoptable(
+    answers: &[(Replica, Health)],
+    newest: u64,
+    failed: Option<&Current>,
+) -> Option<Current> {
+    let any_ready = answers.iter().any(|(_, h)| h.ready);
+    answers
+        .iter()
+        .find(|(r, h)| {
+            matches!(h.role, Role::Leader | Role::CatchingUp)
+                && h.epoch == newest
+                && (h.ready || !any_ready)
+                && failed.is_none_or(|f| f.id != r.id || f.epoch != h.epoch)
+        })
+        .map(|(r, h)| Current {
+            id: r.id,
+            epoch: h.epoch,
+            url: r.url.clone(),
+        })
 }

@@ -17,6 +17,8 @@ pub const CATALOG_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct AppState {
+    /// Which front-end this is (1 is `frontend:` in the config).
+    pub id: u32,
     pub cache: Arc<StockCache>,
     /// Who leads, and the active health check.
     pub selector: Arc<Selector>,
@@ -26,13 +28,15 @@ pub struct AppState {
     pub relay: TradeRelay,
     pub catalog: ServiceClient,
     pub catalog_url: Arc<str>,
+    /// The other front-ends of the config (name, URL), for `/status`.
+    pub other_frontends: Arc<[(String, String)]>,
     pub token: Option<Arc<str>>,
 }
 
 impl AppState {
     /// Builds the state and starts the active health check of the leader
     /// and the trade relay.
-    pub fn open(config: &Config) -> AppState {
+    pub fn open(config: &Config, id: u32) -> AppState {
         let token = config.token();
         let selector = Arc::new(Selector::new(config));
         let interval = Duration::from_millis(config.frontend.health_check_interval_ms);
@@ -40,21 +44,34 @@ impl AppState {
         tokio::spawn(async move { checker.run_health_check(interval).await });
         let forward = Arc::new(Forwarder::new(selector.clone(), token));
         AppState {
+            id,
             cache: Arc::new(StockCache::new(config.frontend.cache_size)),
             relay: TradeRelay::spawn(forward.clone()),
             forward,
             selector,
             catalog: ServiceClient::new(CATALOG_TIMEOUT, token),
             catalog_url: config.catalog_url().into(),
+            other_frontends: config
+                .frontends()
+                .into_iter()
+                .filter(|f| f.id != id)
+                .map(|f| (frontend_name(f.id), f.url()))
+                .collect(),
             token: token.map(Arc::from),
         }
     }
 
-    /// The front-end's own health: up, and the leader it routes to.
+    /// `frontend` for front-end 1, `frontend-N` for the others: the name
+    /// in `/status`, `/metrics` and `bazaar status`.
+    pub fn name(&self) -> String {
+        frontend_name(self.id)
+    }
+
+    /// The front-end's own health: up, and the leader it routes to (`id`).
     pub fn health(&self) -> Health {
         let leader = self.selector.current();
         Health {
-            service: "frontend".into(),
+            service: self.name(),
             id: leader.as_ref().map(|l| l.id),
             role: Role::Up,
             epoch: leader.map_or(0, |l| l.epoch),
@@ -63,5 +80,14 @@ impl AppState {
             reason: None,
             storage: common::types::StorageState::Ok,
         }
+    }
+}
+
+/// `frontend` for front-end 1, `frontend-N` for the others.
+pub fn frontend_name(id: u32) -> String {
+    if id == 1 {
+        "frontend".into()
+    } else {
+        format!("frontend-{id}")
     }
 }

@@ -28,11 +28,21 @@ pub async fn status(State(s): State<AppState>) -> Json<ClusterStatus> {
     });
     let mut services = join_all(probes).await;
     services.push(ServiceStatus {
-        service: "frontend".into(),
+        service: s.name(),
         url: String::new(),
         up: true,
         health: Some(s.health()),
     });
+    let others = s.other_frontends.iter().map(|(service, url)| async move {
+        let health = selector.health_of(url).await;
+        ServiceStatus {
+            service: service.clone(),
+            url: url.clone(),
+            up: health.is_some(),
+            health,
+        }
+    });
+    services.extend(join_all(others).await);
     let current = selector.current();
     let stats = &s.cache.stats;
     Json(ClusterStatus {

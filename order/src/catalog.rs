@@ -57,12 +57,17 @@ impl CatalogClient {
         format!("{}/applied", self.url)
     }
 
-    /// "I lead `epoch`": the catalog refuses older leaders from now on.
+    /// "`leader_id` leads `epoch`": the catalog refuses older leaders, and
+    /// any other leader of this epoch, from now on.
     /// Returns the next order number it expects.
-    pub async fn fence(&self, epoch: u64) -> Result<u64, CatalogError> {
+    pub async fn fence(&self, epoch: u64, leader_id: u32) -> Result<u64, CatalogError> {
+        let fence = Fence {
+            epoch,
+            leader_id: Some(leader_id),
+        };
         let answer: Result<FenceResult, _> = self
             .client
-            .post(format!("{}/fence", self.url), &Fence { epoch })
+            .post(format!("{}/fence", self.url), &fence)
             .await;
         answer
             .map(|f| f.next)

@@ -256,6 +256,7 @@ async fn commit(
 ) -> Result<Vec<TradeAnswer>, CommitError> {
     let base = node.log.next();
     let batch = ApplyBatch {
+        leader_id: Some(node.id),
         epoch: state.epoch,
         base,
         trades: groups.iter().map(|g| g.cmd.clone()).collect(),

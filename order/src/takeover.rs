@@ -31,6 +31,15 @@ pub async fn on_leader_notice(node: &Arc<Node>, n: LeaderNotice) -> Result<Healt
     if current.epoch == n.epoch && me && matches!(current.role, Role::Leader | Role::CatchingUp) {
         return Ok(node.health());
     }
+    // One leader per epoch: several front-ends may propose the same epoch
+    // with different leaders, and only the first proposal a replica hears
+    // stands (the others adopt it when they look again).
+    if current.epoch == n.epoch && current.leader.is_some_and(|l| l != n.leader_id) {
+        return Err(OrderError::StaleEpoch {
+            got: n.epoch,
+            current: current.epoch,
+        });
+    }
     let next = if me {
         RoleState {
             epoch: n.epoch,
@@ -90,13 +99,17 @@ pub async fn take_leadership(node: Arc<Node>, state: RoleState) {
 /// log lacks: a leader that died between the catalog's commit and its own
 /// leaves such orders behind.
 pub async fn reconcile(node: &Node, epoch: u64) -> Result<(), OrderError> {
-    let next = node.catalog.fence(epoch).await.map_err(|e| match e {
-        CatalogError::StaleEpoch { current } => OrderError::StaleEpoch {
-            got: epoch,
-            current,
-        },
-        other => OrderError::Unavailable(format!("fencing the catalog: {other}")),
-    })?;
+    let next = node
+        .catalog
+        .fence(epoch, node.id)
+        .await
+        .map_err(|e| match e {
+            CatalogError::StaleEpoch { current } => OrderError::StaleEpoch {
+                got: epoch,
+                current,
+            },
+            other => OrderError::Unavailable(format!("fencing the catalog: {other}")),
+        })?;
     let held = node.log.next();
     if next < held {
         return Err(OrderError::Unavailable(format!(

@@ -13,6 +13,10 @@ pub struct ApplyBatch {
     pub epoch: u64,
     pub base: u64,
     pub trades: Vec<TradeCommand>,
+    /// The replica that sends it: the catalog takes batches and fences from
+    /// one leader per epoch. Absent from older senders: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_id: Option<u32>,
 }
 
 /// The catalog's verdict on one trade of an [`ApplyBatch`].
@@ -32,6 +36,9 @@ pub struct ApplyResult {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Fence {
     pub epoch: u64,
+    /// The replica that leads `epoch` (see [`ApplyBatch::leader_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_id: Option<u32>,
 }
 
 /// The catalog's answer to a [`Fence`]: the next order number it expects.

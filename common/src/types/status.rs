@@ -121,7 +121,8 @@ pub struct ClusterStatus {
     pub selections: u64,
     /// The latest leader changes, oldest first.
     pub leader_changes: Vec<LeaderChange>,
-    /// Catalog, then every replica (highest id first), then the front-end.
+    /// Catalog, then every replica (highest id first), then this front-end,
+    /// then the other front-ends of the config.
     pub services: Vec<ServiceStatus>,
     pub cache: CacheStatus,
 }
