@@ -75,6 +75,10 @@ printf 'root:x:0:\nbazaar:x:10001:\n' >"$rootfs/etc/group"
 
 # The shipped config and stocks: every value is overridden by BAZAAR_* variables.
 cp "$root/config.yaml" "$rootfs/bazaar/config.yaml"
+# The same with a second front-end, for compose's `frontend2` profile
+# (BAZAAR_CONFIG=config.frontend2.yaml); its address on the network is fixed.
+{ cat "$root/config.yaml"; printf 'extra_frontends:\n  - { id: 2, host: frontend2, port: 8081 }\n'; } \
+  >"$rootfs/bazaar/config.frontend2.yaml"
 cp "$root/data/stocks.csv" "$rootfs/bazaar/data/stocks.csv"
 chmod 1777 "$rootfs/tmp"
 

@@ -27,6 +27,9 @@ use load::{Workload, measure};
 pub struct BenchOptions {
     pub duration: Duration,
     pub connections: usize,
+    /// Front-ends of the cluster; the connections of a phase go to them
+    /// round robin (a one-connection phase uses front-end 1).
+    pub frontends: u32,
 }
 
 /// Figures of one phase.
@@ -71,6 +74,8 @@ pub struct BenchReport {
     pub nproc: usize,
     pub memory_kib: u64,
     pub duration_s: f64,
+    /// Front-ends the cluster phases spread their connections over.
+    pub frontends: u32,
     pub phases: Vec<Phase>,
     pub rss: Vec<Rss>,
 }
@@ -95,23 +100,29 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let hot = Arc::new(hot);
     let mut phases = Vec::new();
 
-    let base = baseline::server().await?;
-    phases.push(measure("baseline", base, Workload::Get(hot.clone()), 1, d).await);
-    phases.push(measure("baseline", base, Workload::Get(hot.clone()), c, d).await);
+    let base = [baseline::server().await?];
+    phases.push(measure("baseline", &base, Workload::Get(hot.clone()), 1, d).await);
+    phases.push(measure("baseline", &base, Workload::Get(hot.clone()), c, d).await);
 
     let mut scratch = Scratch::start(&ScratchOptions {
         cache_size: 5,
         health_check_interval_ms: 500,
+        frontends: opts.frontends,
         ..ScratchOptions::default()
     })
     .await?;
-    let frontend = addr_of(&scratch.frontend_url())?;
-    // Warm the cache.
+    let frontend: Vec<SocketAddr> = scratch
+        .frontend_urls()
+        .iter()
+        .map(|u| addr_of(u))
+        .collect::<anyhow::Result<_>>()?;
+    let frontend = frontend.as_slice();
+    // Warm every front-end's cache.
     measure(
         "warm-up",
         frontend,
         Workload::Get(hot.clone()),
-        1,
+        frontend.len(),
         Duration::from_millis(200),
     )
     .await;
@@ -178,11 +189,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     phases.push(measure("order query", frontend, Workload::Get(queries), c, d).await);
 
     // The same cluster with the cache off: every lookup reaches the catalog.
-    scratch.cluster.stop(Service::Frontend).await?;
-    scratch
-        .cluster
-        .set_env(Service::Frontend, "BAZAAR_FRONTEND__CACHE_SIZE", Some("0"));
-    scratch.cluster.start_and_wait(Service::Frontend).await?;
+    for f in scratch.cluster.frontends() {
+        scratch.cluster.stop(f).await?;
+        scratch
+            .cluster
+            .set_env(f, "BAZAAR_FRONTEND__CACHE_SIZE", Some("0"));
+        scratch.cluster.start_and_wait(f).await?;
+    }
     phases.push(
         measure(
             "uncached lookup",
@@ -211,6 +224,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         nproc: std::thread::available_parallelism().map_or(0, usize::from),
         memory_kib: memory::machine_kib(),
         duration_s: d.as_secs_f64(),
+        frontends: opts.frontends,
         phases,
         rss,
     })

@@ -40,11 +40,14 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a service gets to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A service of the cluster. Front-end 1 (`frontend:` in the config) is
+/// `frontend`; the others (`extra_frontends`) are `frontend-N`, as in their
+/// `/health`, `/status` and `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
     Catalog,
     Order(u32),
-    Frontend,
+    Frontend(u32),
 }
 
 impl fmt::Display for Service {
@@ -52,7 +55,8 @@ impl fmt::Display for Service {
         match self {
             Service::Catalog => write!(f, "catalog"),
             Service::Order(id) => write!(f, "order-{id}"),
-            Service::Frontend => write!(f, "frontend"),
+            Service::Frontend(1) => write!(f, "frontend"),
+            Service::Frontend(id) => write!(f, "frontend-{id}"),
         }
     }
 }
@@ -60,14 +64,16 @@ impl fmt::Display for Service {
 impl std::str::FromStr for Service {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let numbered = |prefix: &str| s.strip_prefix(prefix).and_then(|id| id.parse().ok());
         match s {
             "catalog" => Ok(Service::Catalog),
-            "frontend" => Ok(Service::Frontend),
-            other => other
-                .strip_prefix("order-")
-                .and_then(|id| id.parse().ok())
+            "frontend" => Ok(Service::Frontend(1)),
+            _ => numbered("order-")
                 .map(Service::Order)
-                .ok_or_else(|| format!("unknown service {other:?} (catalog, frontend, order-N)")),
+                .or_else(|| numbered("frontend-").map(Service::Frontend))
+                .ok_or_else(|| {
+                    format!("unknown service {s:?} (catalog, order-N, frontend, frontend-N)")
+                }),
         }
     }
 }
@@ -143,19 +149,27 @@ impl Cluster {
         self.procs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The catalog, every replica, then every front-end of the config.
     pub fn services(&self) -> Vec<Service> {
         let mut all = vec![Service::Catalog];
         all.extend(self.config.orders.iter().map(|o| Service::Order(o.id)));
-        all.push(Service::Frontend);
+        all.extend(self.frontends());
         all
+    }
+
+    /// Every front-end of the config, front-end 1 first.
+    pub fn frontends(&self) -> Vec<Service> {
+        let ids = self.config.frontends().into_iter().map(|f| f.id);
+        ids.map(Service::Frontend).collect()
     }
 
     pub fn url(&self, s: Service) -> String {
         match s {
-            Service::Catalog => self.config.catalog_url(),
-            Service::Frontend => self.config.frontend_url(),
-            Service::Order(id) => self.config.order(id).map(|o| o.url()).unwrap_or_default(),
+            Service::Catalog => Some(self.config.catalog_url()),
+            Service::Frontend(id) => self.config.frontend(id).map(|f| f.url()),
+            Service::Order(id) => self.config.order(id).map(|o| o.url()),
         }
+        .unwrap_or_default()
     }
 
     pub fn log_path(&self, s: Service) -> PathBuf {
@@ -239,8 +253,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts the catalog, every replica and the front-end, each healthy
-    /// before the next kind starts.
+    /// Starts the catalog, every replica and every front-end, each kind
+    /// healthy before the next starts.
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
         self.start_and_wait(Service::Catalog).await?;
         let orders: Vec<Service> = self
@@ -248,13 +262,19 @@ impl Cluster {
             .into_iter()
             .filter(|s| matches!(s, Service::Order(_)))
             .collect();
-        for &o in &orders {
-            self.start(o)?;
+        self.start_together(&orders).await?;
+        self.start_together(&self.frontends()).await
+    }
+
+    /// Starts every one of `services`, then waits until each is healthy.
+    async fn start_together(&mut self, services: &[Service]) -> anyhow::Result<()> {
+        for &s in services {
+            self.start(s)?;
         }
-        for &o in &orders {
-            self.wait_healthy(o, START_TIMEOUT).await?;
+        for &s in services {
+            self.wait_healthy(s, START_TIMEOUT).await?;
         }
-        self.start_and_wait(Service::Frontend).await
+        Ok(())
     }
 
     fn signal(&self, s: Service, sig: Signal) -> anyhow::Result<()> {
@@ -327,7 +347,7 @@ impl Cluster {
         }
     }
 
-    /// Stops every service, front-end first and catalog last.
+    /// Stops every service, front-ends first and catalog last.
     pub async fn stop_all(&mut self) -> anyhow::Result<()> {
         let mut first_error = None;
         for s in self.services().into_iter().rev() {
@@ -391,6 +411,28 @@ impl Drop for Cluster {
         for c in self.procs().children.values_mut() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_end_1_is_frontend_and_the_others_frontend_n() {
+        for (s, name) in [
+            (Service::Frontend(1), "frontend"),
+            (Service::Frontend(2), "frontend-2"),
+            (Service::Order(3), "order-3"),
+            (Service::Catalog, "catalog"),
+        ] {
+            assert_eq!(s.to_string(), name);
+            assert_eq!(name.parse::<Service>(), Ok(s));
+        }
+        assert_eq!("frontend-1".parse::<Service>(), Ok(Service::Frontend(1)));
+        for bad in ["frontend-", "frontend-x", "front", "order"] {
+            assert!(bad.parse::<Service>().is_err(), "{bad}");
         }
     }
 }

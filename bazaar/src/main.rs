@@ -26,8 +26,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Start the catalog, every order replica and the front-end; Ctrl-C stops them.
-    Up,
+    /// Start the catalog, every order replica and the front-ends; Ctrl-C stops them.
+    Up {
+        /// Run front-ends 1..=N (default: those of the config). When the
+        /// config lists others, every service runs on a derived config
+        /// written to data/run/cluster.yaml beside it.
+        #[arg(long)]
+        frontends: Option<u32>,
+    },
     /// Show which services are up, who leads, and each replica's highest order.
     Status {
         /// One JSON array instead of the table.
@@ -66,6 +72,9 @@ struct BenchArgs {
     /// Connections of the multi-connection phases.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Front-ends of the cluster; the connections go to them round robin.
+    #[arg(long, default_value_t = 1)]
+    frontends: u32,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -76,9 +85,15 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         (1..=1024).contains(&args.connections),
         "--connections must be in 1..=1024"
     );
+    anyhow::ensure!(
+        (1..=bazaar::up::MAX_FRONTENDS).contains(&args.frontends),
+        "--frontends must be in 1..={}",
+        bazaar::up::MAX_FRONTENDS
+    );
     let report = bazaar::bench::run(&bazaar::bench::BenchOptions {
         duration: positive_seconds("--duration-s", args.duration_s)?,
         connections: args.connections,
+        frontends: args.frontends,
     })
     .await?;
     bazaar::report::bench(&report, args.json)
@@ -223,9 +238,10 @@ async fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, clap::Args)]
 struct Target {
-    /// catalog, frontend, order (with --id) or order-N.
+    /// catalog, order (with --id) or order-N, frontend (front-end 1, or
+    /// with --id) or frontend-N.
     service: String,
-    /// Replica id, with `order`.
+    /// Replica id with `order`, front-end id with `frontend`.
     #[arg(long)]
     id: Option<u32>,
 }
@@ -235,8 +251,9 @@ impl Target {
         match (self.service.as_str(), self.id) {
             ("order", Some(id)) => Ok(Service::Order(id)),
             ("order", None) => anyhow::bail!("say which replica: `order --id N`"),
+            ("frontend", Some(id)) => Ok(Service::Frontend(id)),
             (s, None) => s.parse().map_err(|e: String| anyhow::anyhow!(e)),
-            (s, Some(_)) => anyhow::bail!("--id goes with `order`, not {s}"),
+            (s, Some(_)) => anyhow::bail!("--id goes with `order` or `frontend`, not {s}"),
         }
     }
 }
@@ -253,12 +270,13 @@ async fn main() {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let (action, target) = match &cli.command {
-        Cmd::Up => return bazaar::up::up(&cli.config).await,
+        Cmd::Up { frontends } => return bazaar::up::up(&cli.config, *frontends).await,
         Cmd::Eval(args) => return eval(args).await,
         Cmd::Chaos(args) => return chaos(args).await,
         Cmd::Bench(args) => return bench(args).await,
         Cmd::Status { json } => {
-            let config = Config::load(&cli.config)?;
+            // Under `bazaar up --frontends N`, the config it runs on.
+            let config = Config::load(&bazaar::up::cluster_config_path(&cli.config))?;
             let (rows, view) = tokio::join!(
                 bazaar::status::collect(&config),
                 bazaar::status::frontend_view(&config)
@@ -268,10 +286,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             return bazaar::report::status(&rows, &up, view.as_ref(), *json);
         }
         Cmd::Health(t) => {
-            let config = Config::load(&cli.config)?;
+            let config = Config::load(&bazaar::up::cluster_config_path(&cli.config))?;
             let url = match t.service()? {
                 Service::Catalog => config.catalog_url(),
-                Service::Frontend => config.frontend_url(),
+                Service::Frontend(id) => config
+                    .frontend(id)
+                    .map(|f| f.url())
+                    .ok_or_else(|| anyhow::anyhow!("no front-end with id {id} in the config"))?,
                 Service::Order(id) => config
                     .order(id)
                     .map(|o| o.url())

@@ -47,10 +47,17 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
         return json(report);
     }
     println!(
-        "{} cores, {} MiB; {} s per phase",
+        "{} cores, {} MiB; {} s per phase; {} front-end{}{}",
         report.nproc,
         report.memory_kib / 1024,
-        report.duration_s
+        report.duration_s,
+        report.frontends,
+        if report.frontends == 1 { "" } else { "s" },
+        if report.frontends > 1 {
+            " (the connections of a phase round robin over them)"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<18}{:>6}{:>11}{:>10}{:>10}{:>10}{:>8}{:>9}{:>8}",

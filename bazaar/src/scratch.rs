@@ -20,8 +20,15 @@ impl Scratch {
         Ok(Scratch { cluster, dir })
     }
 
+    /// Front-end 1's `http://host:port`.
     pub fn frontend_url(&self) -> String {
         self.cluster.config.frontend_url()
+    }
+
+    /// Every front-end's `http://host:port`, front-end 1 first.
+    pub fn frontend_urls(&self) -> Vec<String> {
+        let all = self.cluster.config.frontends();
+        all.iter().map(common::config::FrontendAddr::url).collect()
     }
 
     /// Keeps the directory (data and logs) after the run; returns its path.

@@ -16,6 +16,7 @@ use crate::control::{self, Action};
 /// A service slower than this to answer is shown as down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// Every service of `config`: the catalog, each replica, each front-end.
 pub async fn collect(config: &Config) -> Vec<ServiceStatus> {
     let client = ServiceClient::new(PROBE_TIMEOUT, None);
     let mut targets = vec![("catalog".to_string(), config.catalog_url())];
@@ -23,9 +24,14 @@ pub async fn collect(config: &Config) -> Vec<ServiceStatus> {
         config
             .orders
             .iter()
-            .map(|o| (format!("order-{}", o.id), o.url())),
+            .map(|o| (Service::Order(o.id).to_string(), o.url())),
     );
-    targets.push(("frontend".into(), config.frontend_url()));
+    targets.extend(
+        config
+            .frontends()
+            .iter()
+            .map(|f| (Service::Frontend(f.id).to_string(), f.url())),
+    );
     let probes = targets.into_iter().map(|(service, url)| {
         let client = client.clone();
         async move {
@@ -81,7 +87,7 @@ pub fn print_table(rows: &[ServiceStatus], up: &UpView) {
     for r in rows {
         let (role, epoch, highest) = match &r.health {
             None => ("-".to_string(), "-".to_string(), "-".to_string()),
-            Some(h) if h.service == "frontend" => (
+            Some(h) if is_frontend(&h.service) => (
                 h.id.map_or("no leader".into(), |id| format!("leader={id}")),
                 h.epoch.to_string(),
                 "-".into(),
@@ -154,19 +160,33 @@ fn ago(exit: &LastExit) -> String {
     format!("{}.{} s", ms / 1000, ms % 1000 / 100)
 }
 
-/// The front-end's view (`GET /status`): leader history and cache contents.
+/// `frontend` or `frontend-N`.
+fn is_frontend(service: &str) -> bool {
+    matches!(service.parse(), Ok(Service::Frontend(_)))
+}
+
+/// A front-end's view (`GET /status`): leader history and cache contents,
+/// from the first front-end of the config that answers.
 pub async fn frontend_view(config: &Config) -> Option<ClusterStatus> {
-    ServiceClient::new(PROBE_TIMEOUT, None)
-        .get(format!("{}/status", config.frontend_url()))
-        .await
-        .ok()
+    let client = ServiceClient::new(PROBE_TIMEOUT, None);
+    for f in config.frontends() {
+        if let Ok(view) = client.get(format!("{}/status", f.url())).await {
+            return Some(view);
+        }
+    }
+    None
 }
 
 pub fn print_frontend_view(view: &ClusterStatus) {
     let c = &view.cache;
+    let who = view
+        .services
+        .iter()
+        .find(|s| s.url.is_empty())
+        .map_or("the front-end", |s| s.service.as_str());
     println!();
     println!(
-        "cache ({}/{} entries, most recent first): {}",
+        "{who}'s cache ({}/{} entries, most recent first): {}",
         c.entries.len(),
         c.capacity,
         if c.entries.is_empty() {

@@ -215,7 +215,7 @@ impl Table {
     fn trade(&mut self, label: &str, body: impl Into<Vec<u8>>, expect: u16) {
         self.add(
             label,
-            Service::Frontend,
+            Service::Frontend(1),
             "POST",
             "/orders",
             vec![json_ct()],
@@ -243,7 +243,7 @@ impl Table {
     fn keyed(&mut self, label: &str, key: &[u8]) {
         self.add(
             label,
-            Service::Frontend,
+            Service::Frontend(1),
             "POST",
             "/orders",
             vec![json_ct(), ("idempotency-key".into(), key.to_vec())],
@@ -362,7 +362,7 @@ fn cases() -> Table {
     let body = r#"{"name":"AAPL","quantity":1,"type":"buy"}"#;
     t.add(
         "no content type",
-        Frontend,
+        Frontend(1),
         "POST",
         "/orders",
         vec![],
@@ -371,7 +371,7 @@ fn cases() -> Table {
     );
     t.add(
         "content type text/plain",
-        Frontend,
+        Frontend(1),
         "POST",
         "/orders",
         vec![("content-type".into(), b"text/plain".to_vec())],
@@ -380,7 +380,7 @@ fn cases() -> Table {
     );
     t.add(
         "content type form",
-        Frontend,
+        Frontend(1),
         "POST",
         "/orders",
         vec![(
@@ -397,7 +397,7 @@ fn cases() -> Table {
     t.trade("body of 20 kB (limit 16 kB)", padded, 413);
     t.add(
         "Content-Length of 1 GB announced",
-        Frontend,
+        Frontend(1),
         "POST",
         "/orders",
         vec![json_ct(), ("content-length".into(), b"1000000000".to_vec())],
@@ -413,85 +413,90 @@ fn cases() -> Table {
     t.keyed("Idempotency-Key with byte 0xFF", b"key\xff");
 
     // Lookups.
-    t.get("lookup unknown stock", Frontend, "/stocks/NOPE", 404);
-    t.get("lookup empty name /stocks/", Frontend, "/stocks/", 404);
-    t.get("lookup /stocks", Frontend, "/stocks", 404);
+    t.get("lookup unknown stock", Frontend(1), "/stocks/NOPE", 404);
+    t.get("lookup empty name /stocks/", Frontend(1), "/stocks/", 404);
+    t.get("lookup /stocks", Frontend(1), "/stocks", 404);
     t.get(
         "lookup name 10 kB",
-        Frontend,
+        Frontend(1),
         format!("/stocks/{}", "A".repeat(10 * 1024)),
         400,
     );
-    t.get("lookup name with %2F", Frontend, "/stocks/AA%2FPL", 400);
-    t.get("lookup /stocks/..", Frontend, "/stocks/..", 400);
-    t.get("lookup /stocks/%2E%2E", Frontend, "/stocks/%2E%2E", 400);
+    t.get("lookup name with %2F", Frontend(1), "/stocks/AA%2FPL", 400);
+    t.get("lookup /stocks/..", Frontend(1), "/stocks/..", 400);
+    t.get("lookup /stocks/%2E%2E", Frontend(1), "/stocks/%2E%2E", 400);
     t.get(
         "lookup /stocks/../health",
-        Frontend,
+        Frontend(1),
         "/stocks/../health",
         404,
     );
-    t.get("lookup name with %00", Frontend, "/stocks/AA%00PL", 400);
+    t.get("lookup name with %00", Frontend(1), "/stocks/AA%00PL", 400);
     t.get(
         "lookup name non-ASCII %C3%84pfel",
-        Frontend,
+        Frontend(1),
         "/stocks/%C3%84pfel",
         400,
     );
-    t.get("lookup name not UTF-8 %FF", Frontend, "/stocks/%FF", 400);
+    t.get("lookup name not UTF-8 %FF", Frontend(1), "/stocks/%FF", 400);
     t.get(
         "lookup name with space %20",
-        Frontend,
+        Frontend(1),
         "/stocks/AAPL%20",
         400,
     );
-    t.get("lookup AAPL%3F (?)", Frontend, "/stocks/AAPL%3F", 404);
-    t.get("lookup AAPL%23x (#)", Frontend, "/stocks/AAPL%23x", 404);
-    t.get("lookup AAPL%3Fa=b", Frontend, "/stocks/AAPL%3Fa=b", 404);
+    t.get("lookup AAPL%3F (?)", Frontend(1), "/stocks/AAPL%3F", 404);
+    t.get("lookup AAPL%23x (#)", Frontend(1), "/stocks/AAPL%23x", 404);
+    t.get("lookup AAPL%3Fa=b", Frontend(1), "/stocks/AAPL%3Fa=b", 404);
     t.get(
         "lookup /stocks/AAPL/extra",
-        Frontend,
+        Frontend(1),
         "/stocks/AAPL/extra",
         404,
     );
 
     // Order numbers.
-    t.get("order -1", Frontend, "/orders/-1", 400);
+    t.get("order -1", Frontend(1), "/orders/-1", 400);
     t.get(
         "order 2^64 (beyond u64)",
-        Frontend,
+        Frontend(1),
         "/orders/18446744073709551616",
         400,
     );
-    t.get("order abc", Frontend, "/orders/abc", 400);
-    t.get("order 1.5", Frontend, "/orders/1.5", 400);
-    t.get("order 0x10", Frontend, "/orders/0x10", 400);
-    t.get("order with space %200", Frontend, "/orders/%200", 400);
+    t.get("order abc", Frontend(1), "/orders/abc", 400);
+    t.get("order 1.5", Frontend(1), "/orders/1.5", 400);
+    t.get("order 0x10", Frontend(1), "/orders/0x10", 400);
+    t.get("order with space %200", Frontend(1), "/orders/%200", 400);
     t.get(
         "order 10 kB of digits",
-        Frontend,
+        Frontend(1),
         format!("/orders/{}", "9".repeat(10 * 1024)),
         400,
     );
-    t.get("order /orders/ (empty)", Frontend, "/orders/", 404);
-    t.get("order not (yet) existing", Frontend, "/orders/999999", 404);
+    t.get("order /orders/ (empty)", Frontend(1), "/orders/", 404);
+    t.get(
+        "order not (yet) existing",
+        Frontend(1),
+        "/orders/999999",
+        404,
+    );
 
     // Routes and methods.
-    t.get("unknown route", Frontend, "/nope", 404);
-    t.get("root /", Frontend, "/", 404);
+    t.get("unknown route", Frontend(1), "/nope", 404);
+    t.get("root /", Frontend(1), "/", 404);
     t.add(
         "POST /stocks/AAPL",
-        Frontend,
+        Frontend(1),
         "POST",
         "/stocks/AAPL",
         vec![],
         "",
         405,
     );
-    t.get("GET /orders", Frontend, "/orders", 405);
+    t.get("GET /orders", Frontend(1), "/orders", 405);
     t.add(
         "DELETE /orders/0",
-        Frontend,
+        Frontend(1),
         "DELETE",
         "/orders/0",
         vec![],
@@ -500,19 +505,27 @@ fn cases() -> Table {
     );
     t.add(
         "PUT /orders",
-        Frontend,
+        Frontend(1),
         "PUT",
         "/orders",
         vec![json_ct()],
         body,
         405,
     );
-    t.add("POST /health", Frontend, "POST", "/health", vec![], "", 405);
+    t.add(
+        "POST /health",
+        Frontend(1),
+        "POST",
+        "/health",
+        vec![],
+        "",
+        405,
+    );
 
     // Internal endpoints without (or with a wrong) cluster token: 401.
     t.add(
         "frontend /invalidation without token",
-        Frontend,
+        Frontend(1),
         "POST",
         "/invalidation/AAPL",
         vec![],
@@ -521,7 +534,7 @@ fn cases() -> Table {
     );
     t.add(
         "frontend /invalidation wrong token",
-        Frontend,
+        Frontend(1),
         "POST",
         "/invalidation/AAPL",
         vec![token(WRONG_TOKEN)],
@@ -790,7 +803,7 @@ async fn server_gives_up(mut s: Stalled, since: Instant, limit: Duration) -> (St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_a_4xx_error_json_and_changes_nothing() {
     let t = TestCluster::start(token_options()).await;
-    let frontend = addr(&t, Service::Frontend);
+    let frontend = addr(&t, Service::Frontend(1));
 
     // One good trade first, so that the logs are not empty and an order can
     // be looked up.
@@ -934,7 +947,7 @@ async fn timed<F: std::future::Future<Output = (u16, Value)>>(f: F) -> (u16, Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_failures_answer_503_quickly_and_recover_without_a_frontend_restart() {
     let mut t = TestCluster::start(token_options()).await;
-    let frontend_pid = t.cluster.pid(Service::Frontend);
+    let frontend_pid = t.cluster.pid(Service::Frontend(1));
     // AAPL is cached, a trade is on record.
     assert_eq!(t.quantity("AAPL").await, 100);
     let (status, body) = t.trade("MSFT", TradeKind::Buy, 1, Some("before")).await;
@@ -1012,7 +1025,7 @@ async fn partial_failures_answer_503_quickly_and_recover_without_a_frontend_rest
     assert_eq!(body["data"]["name"], "IBM");
     assert_eq!(t.quantity("AAPL").await, 103);
     assert_eq!(
-        t.cluster.pid(Service::Frontend),
+        t.cluster.pid(Service::Frontend(1)),
         frontend_pid,
         "the front-end was not restarted"
     );

@@ -11,6 +11,7 @@ async fn every_bench_phase_completes_without_errors() {
     let report = run(&BenchOptions {
         duration: Duration::from_secs(3),
         connections: 16,
+        frontends: 1,
     })
     .await
     .expect("the bench completes");

@@ -340,7 +340,7 @@ async fn an_oversized_body_sent_whole_gets_the_413() {
     assert!(public > common::http::Limits::PUBLIC.max_body_bytes);
     assert!(u64::try_from(internal).unwrap() <= common::http::DRAIN_LIMIT_BYTES);
     for (service, path, len) in [
-        (Service::Frontend, "/orders", public),
+        (Service::Frontend(1), "/orders", public),
         (Service::Catalog, "/apply", internal),
         (Service::Order(leader), "/orders/batch", internal),
         (Service::Order(leader), "/propagate", internal),

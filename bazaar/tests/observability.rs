@@ -75,7 +75,7 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
         ("status", "200"),
     ];
     let trades = [("route", "/orders"), ("method", "POST"), ("status", "200")];
-    let before = Scrape::of(&t, Service::Frontend).await;
+    let before = Scrape::of(&t, Service::Frontend(1)).await;
     let leader_before = Scrape::of(&t, Service::Order(3)).await;
     let catalog_before = Scrape::of(&t, Service::Catalog).await;
 
@@ -90,7 +90,7 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
         assert_eq!(status, 200, "{body}");
     }
 
-    let after = Scrape::of(&t, Service::Frontend).await;
+    let after = Scrape::of(&t, Service::Frontend(1)).await;
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after.value(name, labels) - before.value(name, labels)
     };

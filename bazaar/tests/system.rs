@@ -150,7 +150,7 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_trade() {
         if i == 20 {
             let leader = t
                 .cluster
-                .health(Service::Frontend)
+                .health(Service::Frontend(1))
                 .await
                 .and_then(|h| h.id)
                 .expect("a leader was selected");
@@ -182,7 +182,7 @@ async fn leader_killed_mid_stream_loses_no_acknowledged_trade() {
     let killed = killed.unwrap();
     let new_leader = t
         .cluster
-        .health(Service::Frontend)
+        .health(Service::Frontend(1))
         .await
         .and_then(|h| h.id)
         .unwrap();
@@ -227,7 +227,7 @@ async fn follower_resumes_and_all_dumps_are_identical() {
     }
     let leader = t
         .cluster
-        .health(Service::Frontend)
+        .health(Service::Frontend(1))
         .await
         .and_then(|h| h.id)
         .unwrap();

@@ -117,7 +117,11 @@ async fn paused_leader_wakes_up_into_a_newer_epoch() {
     // order-2, which reconciles the applied trade as number 0.
     assert_eq!(number_of(&t, "GOOG", TradeKind::Buy, 4, "p-0").await, 0);
     assert_eq!(number_of(&t, "GOOG", TradeKind::Sell, 1, "p-1").await, 1);
-    let leader = t.cluster.health(Service::Frontend).await.and_then(|h| h.id);
+    let leader = t
+        .cluster
+        .health(Service::Frontend(1))
+        .await
+        .and_then(|h| h.id);
     assert_eq!(leader, Some(2));
     // Wake the old leader: it appends order 0 and propagates it with its
     // old epoch, which the followers refuse.
@@ -168,7 +172,11 @@ async fn lagging_replica_made_leader_does_not_reuse_numbers() {
     let n = number_of(&t, "NVDA", TradeKind::Buy, 2, "l-5").await;
     assert_eq!(n, 5, "the new leader caught up before numbering");
     expected.push(order(5, "NVDA", TradeKind::Buy, 2));
-    let leader = t.cluster.health(Service::Frontend).await.and_then(|h| h.id);
+    let leader = t
+        .cluster
+        .health(Service::Frontend(1))
+        .await
+        .and_then(|h| h.id);
     assert_eq!(leader, Some(3));
     assert_converged(&mut t, &expected).await;
 }

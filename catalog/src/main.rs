@@ -10,12 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() {
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
-    if let Err(e) = real_main(cli).await
-        && !common::telemetry::is_broken_pipe(&e)
-    {
-        eprintln!("catalog: {e:#}");
-        std::process::exit(1);
-    }
+    common::telemetry::exit_on_error("catalog", real_main(cli).await);
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {

@@ -40,3 +40,15 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+/// How every binary ends: on an error, one line `<binary>: <error with its
+/// causes>` on stderr and exit status 1 (a broken pipe to a reader that has
+/// all it wanted is not an error).
+pub fn exit_on_error(binary: &str, result: anyhow::Result<()>) {
+    if let Err(e) = result
+        && !is_broken_pipe(&e)
+    {
+        eprintln!("{binary}: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -109,10 +109,11 @@ async fn connection(addr: SocketAddr, work: Workload, index: usize, until: Insta
     out
 }
 
-/// Runs `connections` closed loops against `addr` for `duration`.
+/// Runs `connections` closed loops for `duration`, connection `i` against
+/// `addrs[i % addrs.len()]` (several front-ends share the load round robin).
 pub(super) async fn measure(
     name: &str,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     work: Workload,
     connections: usize,
     duration: Duration,
@@ -120,7 +121,8 @@ pub(super) async fn measure(
     let until = Instant::now() + duration;
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
-        .map(|i| tokio::spawn(connection(addr, work.clone(), i, until)))
+        .zip(addrs.iter().cycle())
+        .map(|(i, &addr)| tokio::spawn(connection(addr, work.clone(), i, until)))
         .collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
     let (mut requests, mut errors) = (0, 0);

@@ -193,13 +193,13 @@ pub fn aim(fault: Fault, leader: Option<u32>, ids: &[u32], rng: &mut StdRng) -> 
             Action::Kill(two.into_iter().map(Service::Order).collect())
         }
         Fault::KillCatalog => Action::Kill(vec![Service::Catalog]),
-        Fault::KillFrontend => Action::Kill(vec![Service::Frontend]),
+        Fault::KillFrontend => Action::Kill(vec![Service::Frontend(1)]),
         Fault::CutLeaderCatalog => Action::Cut(vec![(leader_service?, Service::Catalog)]),
         Fault::CutLeaderFollower => {
             let (l, f) = (leader_service?, Service::Order(follower(rng)?));
             Action::Cut(vec![(l, f), (f, l)])
         }
-        Fault::CutFrontendLeader => Action::Cut(vec![(Service::Frontend, leader_service?)]),
+        Fault::CutFrontendLeader => Action::Cut(vec![(Service::Frontend(1), leader_service?)]),
         Fault::FillLeaderDisk => Action::Fill(leader_service?),
         Fault::FillFollowerDisk => Action::Fill(Service::Order(follower(rng)?)),
         Fault::FillCatalogDisk => Action::Fill(Service::Catalog),
@@ -333,7 +333,7 @@ mod tests {
         );
         assert_eq!(
             aim(Fault::CutFrontendLeader, Some(2), &ids, &mut rng),
-            Some(Action::Cut(vec![(Service::Frontend, leader)]))
+            Some(Action::Cut(vec![(Service::Frontend(1), leader)]))
         );
         assert_eq!(
             aim(Fault::FillLeaderDisk, Some(2), &ids, &mut rng),

@@ -34,7 +34,7 @@ fn addr(cluster: &Cluster, s: Service) -> anyhow::Result<SocketAddr> {
                 .with_context(|| format!("no replica {id} in the config"))?;
             (o.host.clone(), o.port)
         }
-        Service::Frontend => anyhow::bail!("nothing in the cluster calls the front-end"),
+        Service::Frontend(_) => anyhow::bail!("nothing in the cluster calls the front-end"),
     };
     format!("{host}:{port}")
         .parse()
@@ -62,7 +62,7 @@ impl Links {
         for &r in &replicas {
             links.push((r, Service::Catalog));
             links.extend(replicas.iter().filter(|&&p| p != r).map(|&p| (r, p)));
-            links.push((Service::Frontend, r));
+            links.push((Service::Frontend(1), r));
         }
         let mut proxies = BTreeMap::new();
         for (from, to) in links {

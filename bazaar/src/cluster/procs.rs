@@ -45,7 +45,11 @@ impl Procs {
             .open(self.log_path(s))?;
         let mut cmd = match s {
             Service::Catalog => Command::new(self.bin_dir.join("catalog")),
-            Service::Frontend => Command::new(self.bin_dir.join("frontend")),
+            Service::Frontend(id) => {
+                let mut c = Command::new(self.bin_dir.join("frontend"));
+                c.args(["--id", &id.to_string()]);
+                c
+            }
             Service::Order(id) => {
                 let mut c = Command::new(self.bin_dir.join("order"));
                 c.args(["--id", &id.to_string(), "--resume"]);

@@ -14,6 +14,9 @@ pub struct ScratchOptions {
     pub cache_size: usize,
     pub health_check_interval_ms: u64,
     pub replicas: u32,
+    /// Front-ends: 1 is `frontend:`, 2 and up are written as
+    /// `extra_frontends:`, each on a free port.
+    pub frontends: u32,
     /// Cluster token written to the config (`None`: internal endpoints open).
     pub token: Option<String>,
     /// Database directories of the catalog or of replicas, instead of
@@ -28,6 +31,7 @@ impl Default for ScratchOptions {
             cache_size: 5,
             health_check_interval_ms: 100,
             replicas: 3,
+            frontends: 1,
             token: None,
             db_paths: Vec::new(),
         }
@@ -59,14 +63,17 @@ pub fn write_scratch_config(dir: &Path, opts: &ScratchOptions) -> anyhow::Result
         let known = match s {
             Service::Catalog => true,
             Service::Order(id) => (1..=opts.replicas).contains(id),
-            Service::Frontend => false,
+            Service::Frontend(_) => false,
         };
         if !known {
             bail!("a db path for {s}, which has no database in this cluster");
         }
     }
-    let count = usize::try_from(opts.replicas)? + 2;
-    let ports = free_ports(count)?;
+    if opts.frontends == 0 {
+        bail!("a cluster needs at least one front-end");
+    }
+    let replicas = usize::try_from(opts.replicas)?;
+    let ports = free_ports(replicas + 1 + usize::try_from(opts.frontends)?)?;
     std::fs::write(dir.join("stocks.csv"), SHIPPED_STOCKS)?;
     let mut yaml = format!(
         "catalog:\n  host: 127.0.0.1\n  port: {}\n  db_path: {}\n  stocks: stocks.csv\n\
@@ -82,6 +89,14 @@ pub fn write_scratch_config(dir: &Path, opts: &ScratchOptions) -> anyhow::Result
         yaml.push_str(&format!(
             "  - {{ id: {id}, host: 127.0.0.1, port: {port}, db_path: {db} }}\n"
         ));
+    }
+    if opts.frontends > 1 {
+        yaml.push_str("extra_frontends:\n");
+        for (id, port) in (2..=opts.frontends).zip(&ports[2 + replicas..]) {
+            yaml.push_str(&format!(
+                "  - {{ id: {id}, host: 127.0.0.1, port: {port} }}\n"
+            ));
+        }
     }
     if let Some(token) = &opts.token {
         yaml.push_str(&format!("token: {}\n", serde_json::to_string(token)?));
@@ -125,10 +140,37 @@ mod tests {
     }
 
     #[test]
+    fn extra_front_ends_get_ids_from_2_and_ports_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ScratchOptions {
+            frontends: 3,
+            ..ScratchOptions::default()
+        };
+        let config = Config::load(&write_scratch_config(dir.path(), &opts).unwrap()).unwrap();
+        let ids: Vec<u32> = config.frontends().iter().map(|f| f.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let mut ports: Vec<u16> = config.frontends().iter().map(|f| f.port).collect();
+        ports.extend(config.orders.iter().map(|o| o.port));
+        ports.push(config.catalog.port);
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 7, "every service has a port of its own");
+        let one =
+            Config::load(&write_scratch_config(dir.path(), &ScratchOptions::default()).unwrap())
+                .unwrap();
+        assert!(one.extra_frontends.is_empty());
+        let none = ScratchOptions {
+            frontends: 0,
+            ..ScratchOptions::default()
+        };
+        assert!(write_scratch_config(dir.path(), &none).is_err());
+    }
+
+    #[test]
     fn the_front_end_has_no_db_path_to_override() {
         let dir = tempfile::tempdir().unwrap();
         let opts = ScratchOptions {
-            db_paths: vec![(Service::Frontend, dir.path().join("x"))],
+            db_paths: vec![(Service::Frontend(1), dir.path().join("x"))],
             ..ScratchOptions::default()
         };
         let e = write_scratch_config(dir.path(), &opts).unwrap_err();

@@ -274,7 +274,7 @@ impl TestCluster {
     /// The replica the front-end sends trades to now, from its `/health`.
     pub async fn frontend_leader(&self) -> Option<u32> {
         self.cluster
-            .health(Service::Frontend)
+            .health(Service::Frontend(1))
             .await
             .and_then(|h| h.id)
     }
@@ -419,6 +419,12 @@ const TRICKLE_IN_FLIGHT: usize = 32;
 
 impl Trickle {
     pub fn start(base: &str, every: Duration) -> Trickle {
+        Self::start_keyed(base, every, "trickle")
+    }
+
+    /// [`start`](Self::start) with Idempotency-Keys `<prefix>-<i>`, so
+    /// several trickles (one per front-end) do not share keys.
+    pub fn start_keyed(base: &str, every: Duration, prefix: &str) -> Trickle {
         use std::sync::atomic::Ordering;
         let outcome = std::sync::Arc::new(std::sync::Mutex::new(TrickleOutcome::default()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -427,6 +433,7 @@ impl Trickle {
             .build()
             .expect("client");
         let (base, out, halt) = (base.to_string(), outcome.clone(), stop.clone());
+        let prefix = prefix.to_string();
         let task = tokio::spawn(async move {
             let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(TRICKLE_IN_FLIGHT));
             let mut trades = tokio::task::JoinSet::new();
@@ -448,7 +455,7 @@ impl Trickle {
                     quantity: 1,
                     kind,
                 };
-                let key = format!("trickle-{i}");
+                let key = format!("{prefix}-{i}");
                 let (http, base, out) = (http.clone(), base.clone(), out.clone());
                 trades.spawn(async move {
                     trickle_trade(&http, &base, key, request, &out).await;
