@@ -10,7 +10,8 @@
 //!   the only code that names the storage engine besides `common::storage`;
 //! - [`rebuild`]: `catalog --rebuild`, a new database from the stocks file
 //!   and the order log;
-//! - [`invalidate`]: best-effort cache invalidation at the front-end;
+//! - [`invalidate`]: cache invalidation at the front-ends, and their
+//!   cache leases when there are several;
 //! - [`metrics`]: the catalog's own Prometheus figures;
 //! - this file: the CLI, [`open`], [`run`] and [`dump`].
 
@@ -132,7 +133,7 @@ async fn serve(config: &Config, catalog: Catalog) -> anyhow::Result<AppState> {
         tracing::info!(stocks = loaded, from = %config.catalog.stocks.display(), "loaded initial stocks");
     }
     let token = config.token();
-    let invalidator = invalidate::Invalidator::spawn(config.frontend_url(), token);
+    let invalidator = invalidate::Invalidator::spawn(config);
     Ok(AppState {
         catalog: Arc::new(catalog),
         invalidator: Some(invalidator),

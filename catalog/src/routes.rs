@@ -91,6 +91,8 @@ async fn apply(
             "at most {MAX_APPLY_BATCH} trades per batch"
         )));
     }
+    // Opened before applying, so `/applied` can wait for it (invalidate.rs).
+    let round = s.invalidator.as_ref().map(Invalidator::round);
     let outcomes = s.catalog.apply(&batch).await?;
     common::fault::point(common::fault::CATALOG_BEFORE_REPLY);
     tracing::debug!(trades = outcomes.len(), base = batch.base, "batch applied");
@@ -102,12 +104,19 @@ async fn apply(
             TradeOutcome::Rejected { .. } => m.trades_rejected.inc(),
         };
     }
-    if let Some(inv) = &s.invalidator {
-        for (t, o) in batch.trades.iter().zip(&outcomes) {
-            if matches!(o, TradeOutcome::Applied { .. }) {
-                inv.push(&t.name);
-            }
-        }
+    // The store's sequencing lock is released by now: the front-ends are
+    // told (and, with several, waited for) while the next batch may apply.
+    if let (Some(inv), Some(round)) = (&s.invalidator, round) {
+        let mut names: Vec<String> = batch
+            .trades
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, TradeOutcome::Applied { .. }))
+            .map(|(t, _)| t.name.clone())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        inv.changed(round, names).await;
     }
     Ok(Json(ApplyResult { outcomes }))
 }
@@ -124,7 +133,14 @@ async fn applied(
     State(s): State<AppState>,
     QueryParams(q): QueryParams<RangeQuery>,
 ) -> Result<Json<Vec<OrderRecord>>, CatalogError> {
-    Ok(Json(s.catalog.applied_range(q.from, q.limit)?))
+    let records = s.catalog.applied_range(q.from, q.limit)?;
+    // A leader acknowledges what it reads here (after a lost apply answer,
+    // or a catalog restart): every front-end must have let go of the old
+    // quantities first, as for an apply's own answer.
+    if let Some(invalidator) = &s.invalidator {
+        invalidator.settled().await;
+    }
+    Ok(Json(records))
 }
 
 async fn dump(State(s): State<AppState>) -> Result<Json<Vec<StockRow>>, CatalogError> {

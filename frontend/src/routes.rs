@@ -15,7 +15,9 @@ use common::types::{
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let internal = Router::new().route("/invalidation/{name}", post(invalidation));
+    let internal = Router::new()
+        .route("/invalidations", post(invalidations))
+        .route("/invalidation/{name}", post(invalidation));
     let internal = common::http::require_token(internal, state.token.clone());
     Router::new()
         .route("/health", get(health))
@@ -126,6 +128,16 @@ async fn invalidation(
     PathParam(name): PathParam<String>,
 ) -> Json<Data<&'static str>> {
     s.cache.invalidate(&name);
+    Json(Data::new("invalidated"))
+}
+
+/// The catalog's notice: stocks that changed, and the cache lease's
+/// renewal when there are several front-ends (crate::cache).
+async fn invalidations(
+    State(s): State<AppState>,
+    JsonBody(notice): JsonBody<common::types::Invalidations>,
+) -> Json<Data<&'static str>> {
+    s.cache.receive(&notice);
     Json(Data::new("invalidated"))
 }
 

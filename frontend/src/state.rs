@@ -43,9 +43,16 @@ impl AppState {
         let checker = selector.clone();
         tokio::spawn(async move { checker.run_health_check(interval).await });
         let forward = Arc::new(Forwarder::new(selector.clone(), token));
+        let cache = Arc::new(StockCache::new(config.frontend.cache_size));
+        if config.frontends().len() > 1 {
+            // With several front-ends a trade can pass another one, so this
+            // cache serves only under the catalog's lease, which its
+            // invalidations renew (crate::cache).
+            cache.enforce_lease();
+        }
         AppState {
             id,
-            cache: Arc::new(StockCache::new(config.frontend.cache_size)),
+            cache,
             relay: TradeRelay::spawn(forward.clone()),
             forward,
             selector,

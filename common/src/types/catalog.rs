@@ -1,6 +1,7 @@
 //! Messages between the leader and the catalog: a batch to apply and the
 //! catalog's verdict on each trade, the fence a new leader sets, and the
-//! conflicts that refuse a whole batch.
+//! conflicts that refuse a whole batch; and the catalog's invalidations to
+//! the front-ends.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,4 +61,30 @@ pub enum ApplyConflict {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConflictBody {
     pub conflict: ApplyConflict,
+}
+
+/// `POST /invalidations` from the catalog to a front-end: stocks whose
+/// cached quantity is out of date (none: a heartbeat), and, when the
+/// catalog knows several front-ends, the terms of the cache's lease.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Invalidations {
+    pub names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseTerms>,
+}
+
+/// The lease part of [`Invalidations`] (docs/PROTOCOL.md; the timing
+/// argument is in `catalog::invalidate::lease`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseTerms {
+    /// The catalog process that sent it (a new one every start).
+    pub catalog: u64,
+    /// This message's number (per front-end).
+    pub seq: u64,
+    /// The highest earlier message whose answer the catalog has seen.
+    pub confirmed: Option<u64>,
+    /// The lease length in milliseconds.
+    pub ms: u64,
 }
