@@ -1,9 +1,11 @@
-//! `bazaar chaos`: a fresh cluster, concurrent clients with idempotent
-//! retries, and a seeded random schedule of faults, each healed after a
-//! random pause (see [`faults`] for the kinds): process faults (`kill -9`,
-//! SIGSTOP) and, unless `gray` is off, gray faults (link cuts through fault
-//! proxies, full disks on small tmpfs mounts where the run may mount them).
-//! A checker session judges every lookup of the stock it trades alone
+//! `bazaar chaos`: a fresh cluster with one front-end or more, concurrent
+//! clients with idempotent retries spread over the front-ends
+//! ([`sessions`]), and a seeded random schedule of faults, each healed
+//! after a random pause (see [`faults`] for the kinds): process faults
+//! (`kill -9` of any service, SIGSTOP) and, unless `gray` is off, gray
+//! faults (link cuts through fault proxies, full disks on small tmpfs
+//! mounts where the run may mount them). A checker session judges every
+//! lookup of the stock it trades alone, through every front-end
 //! ([`checker`]). At the end everything is healed, the replicas converge,
 //! every database is dumped and the system's guarantees are checked (see
 //! [`crate::verify`]).
@@ -12,6 +14,9 @@ pub mod checker;
 pub mod disks;
 pub mod faults;
 pub mod links;
+pub mod sessions;
+
+pub use sessions::FrontendCounts;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,9 +31,10 @@ use serde::Serialize;
 use crate::cluster::{Cluster, ScratchOptions, Service, write_scratch_config};
 use crate::scratch::Scratch;
 use crate::verify::{self, Verdict};
-use checker::CHECKER_STOCK;
-use disks::Disks;
-use faults::{Fault, Rig};
+use checker::{CHECKER_STOCK, Frontend};
+pub use disks::disk_bytes;
+use disks::{Disks, skip_note};
+use faults::{Fault, Rig, Targets};
 use links::Links;
 
 #[derive(Debug, Clone)]
@@ -41,6 +47,10 @@ pub struct ChaosOptions {
     /// Also gray faults: link cuts, and full disks where the run can mount
     /// a tmpfs (root).
     pub gray: bool,
+    /// Front-ends of the cluster (1 and up): the client sessions go to
+    /// them round robin, a front-end fault hits any of them, and the
+    /// checker looks its stock up through each.
+    pub frontends: u32,
 }
 
 /// One injected fault, for the report and the history file.
@@ -80,6 +90,8 @@ pub struct ChaosReport {
     pub seed: u64,
     pub duration_s: f64,
     pub passed: bool,
+    /// Front-ends of the cluster.
+    pub frontends: u32,
     /// Whether gray faults were on.
     pub gray: bool,
     /// The kinds the schedule drew from.
@@ -100,6 +112,9 @@ pub struct ChaosReport {
     pub failed_requests: u64,
     /// Lookups of the checker's stock judged (stale or unexplained).
     pub lookups_checked_for_staleness: u64,
+    /// Per front-end (by service name): the sessions and lookups that went
+    /// through it, and the checker's lookups judged there.
+    pub by_frontend: BTreeMap<String, FrontendCounts>,
     /// Faults of the leader whose failover was measured.
     pub leader_faults: u64,
     /// Longest trade latency around each fault of the leader.
@@ -120,34 +135,15 @@ pub struct ChaosReport {
     pub kept: Option<PathBuf>,
 }
 
-/// Size of each small disk at the start of a run of `duration`. Measured on
-/// tmpfs: a replica's sled database takes some 170 bytes per order in a
-/// release build (11.7 MB after a 120 s run of 70,774 orders, about 600 a
-/// second) and some 650 in a debug build (2.6 MB after 4,000 orders); the
-/// catalog's less. 512 KiB per second of run is five times the release
-/// figure. A machine that trades faster gets its disks grown while the run
-/// goes ([`Disks::keep_headroom`]), so the run never fills a disk by itself;
-/// only the filler does.
-pub fn disk_bytes(duration: Duration) -> u64 {
-    const BASE: u64 = 16 * 1024 * 1024;
-    const PER_SECOND: u64 = 512 * 1024;
-    BASE + PER_SECOND * duration.as_secs().max(1)
-}
-
-/// Where the disk faults could not be had, once per run.
-fn skip_note(why: &str) -> String {
-    format!(
-        "bazaar chaos: skipping the disk faults ({}): {why}",
-        Fault::DISKS.map(Fault::name).join(", ")
-    )
-}
-
 /// Sets up the cluster of a run: small disks and proxies when gray faults
 /// are on, supervision (a service whose storage failed exits to be
 /// restarted), then starts every service.
 async fn rig(opts: &ChaosOptions) -> anyhow::Result<(Rig, Option<String>)> {
     let mut skipped = None;
-    let mut scratch_opts = ScratchOptions::default();
+    let mut scratch_opts = ScratchOptions {
+        frontends: opts.frontends,
+        ..ScratchOptions::default()
+    };
     let disks = if opts.gray {
         let mut on = vec![Service::Catalog];
         on.extend((1..=scratch_opts.replicas).map(Service::Order));
@@ -209,24 +205,31 @@ async fn run_to_end(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     let mut skipped: Vec<Fault> = Vec::new();
     if opts.gray {
         kinds.extend(Fault::LINKS);
+        if opts.frontends > 1 {
+            kinds.extend(Fault::FRONTEND_LINKS);
+        }
         if rig.disks.is_some() {
             kinds.extend(Fault::DISKS);
         } else {
             skipped.extend(Fault::DISKS);
         }
     }
-    let base = rig.scratch.frontend_url();
-    let ids: Vec<u32> = rig
-        .scratch
-        .cluster
-        .config
-        .orders
+    let cluster_config = &rig.scratch.cluster.config;
+    let frontends: Vec<Frontend> = cluster_config
+        .frontends()
         .iter()
-        .map(|o| o.id)
+        .map(|f| Frontend {
+            name: Service::Frontend(f.id).to_string(),
+            base: f.url(),
+        })
         .collect();
+    let targets = Targets {
+        replicas: cluster_config.orders.iter().map(|o| o.id).collect(),
+        frontends: cluster_config.frontends().iter().map(|f| f.id).collect(),
+    };
     let started = Instant::now();
 
-    let mut config = RunConfig::new(base.clone());
+    let mut config = RunConfig::new(rig.scratch.frontend_url());
     config.n_request = u64::MAX;
     config.duration = Some(opts.duration);
     config.prob = 0.7;
@@ -234,17 +237,19 @@ async fn run_to_end(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     config.seed = opts.seed;
     config.stocks.retain(|s| s != CHECKER_STOCK);
     config.retry_for = Duration::from_secs(30);
-    let load = tokio::spawn(client::run(config));
+    let load = {
+        let frontends = frontends.clone();
+        tokio::spawn(async move { sessions::run(&config, &frontends).await })
+    };
     let initial = verify::initial_stocks()
         .get(CHECKER_STOCK)
         .copied()
         .unwrap_or(0);
-    let checker = tokio::spawn(checker::run(
-        base.clone(),
-        started,
-        started + opts.duration,
-        initial,
-    ));
+    let checker = {
+        let frontends = frontends.clone();
+        let until = started + opts.duration;
+        tokio::spawn(async move { checker::run(&frontends, started, until, initial).await })
+    };
 
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut events: Vec<FaultEvent> = Vec::new();
@@ -266,8 +271,8 @@ async fn run_to_end(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
         let fault = kinds[rng.random_range(0..kinds.len())];
         let down = fault.draw_pause(&mut rng);
-        let leader = faults::current_leader(&rig.scratch, &ids).await;
-        let Some(action) = faults::aim(fault, leader, &ids, &mut rng) else {
+        let leader = faults::current_leader(&rig.scratch, &targets.replicas).await;
+        let Some(action) = faults::aim(fault, leader, &targets, &mut rng) else {
             continue;
         };
         let at = Instant::now();
@@ -301,9 +306,9 @@ async fn run_to_end(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         }
     }
     verify::wait_converged(cluster, Duration::from_secs(60)).await?;
-    let mut acked = report.trades.clone();
+    let mut acked = report.trades;
     acked.extend(checker.acked.iter().cloned());
-    let mut unknown = report.unknown.clone();
+    let mut unknown = report.unknown;
     unknown.extend(checker.unknown.iter().cloned());
     let Verdict {
         orders_in_log,
@@ -337,6 +342,7 @@ async fn run_to_end(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         seed: opts.seed,
         duration_s: opts.duration.as_secs_f64(),
         passed,
+        frontends: opts.frontends,
         gray: opts.gray,
         fault_kinds: kinds.iter().map(|f| f.name()).collect(),
         skipped_fault_kinds: skipped.iter().map(|f| f.name()).collect(),
@@ -346,8 +352,9 @@ async fn run_to_end(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         gray_faults_seen_biting: biting,
         trades_acknowledged: acked.len() as u64,
         trades_unknown_outcome: unknown.len() as u64,
-        failed_requests: report.lookup.errors + report.trade.errors + report.query.errors,
+        failed_requests: report.failed_requests,
         lookups_checked_for_staleness: checker.checked,
+        by_frontend: sessions::by_frontend(&frontends, &report.by_frontend, &checker),
         leader_faults: failover.len() as u64,
         failover_p50_ms: crate::eval::nearest_rank(&failover, 50),
         failover_p99_ms: crate::eval::nearest_rank(&failover, 99),

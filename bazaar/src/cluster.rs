@@ -50,6 +50,16 @@ pub enum Service {
     Frontend(u32),
 }
 
+impl Service {
+    /// Whether `h` is this service's own `/health` answer.
+    pub fn answers_as(self, h: &Health) -> bool {
+        match self {
+            Service::Order(id) => h.service == "order" && h.id == Some(id),
+            _ => h.service == self.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -215,7 +225,12 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let base = self.url(s);
         loop {
-            if let Ok(h) = self.client.health(&base).await {
+            // Only an answer from this service counts (another process may
+            // hold the port while ours fails to bind it).
+            if let Ok(h) = self.client.health(&base).await
+                && s.answers_as(&h)
+                && self.exit_status(s)?.is_none()
+            {
                 return Ok(h);
             }
             let exited = self.exit_status(s)?;

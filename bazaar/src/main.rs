@@ -56,9 +56,10 @@ enum Cmd {
     /// Measure latency vs trade probability with the cache on and off (CSV
     /// and SVG plots), or with --failover, kill replicas while clients run.
     Eval(EvalArgs),
-    /// Run clients on a fresh cluster while killing and freezing services on
-    /// a random schedule; then check every guarantee. Exit code 1 on any
-    /// violation (the data and history are kept).
+    /// Run clients on a fresh cluster while killing and freezing services,
+    /// cutting links and filling disks on a random schedule; then check
+    /// every guarantee. Exit code 1 on any violation (the data and history
+    /// are kept).
     Chaos(ChaosArgs),
     /// Measure every request path against a bare in-process baseline server.
     Bench(BenchArgs),
@@ -121,6 +122,11 @@ struct ChaosArgs {
     /// Process faults only (kill -9, SIGSTOP), no proxies on the links.
     #[arg(long, overrides_with = "gray")]
     no_gray: bool,
+    /// Front-ends of the cluster: the client sessions go to them round
+    /// robin, any of them may be killed or cut off, and the checker looks
+    /// its stock up through each one after every trade.
+    #[arg(long, default_value_t = 1)]
+    frontends: u32,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -131,12 +137,18 @@ async fn chaos(args: &ChaosArgs) -> anyhow::Result<()> {
         (1..=256).contains(&args.clients),
         "--clients must be in 1..=256"
     );
+    anyhow::ensure!(
+        (1..=bazaar::up::MAX_FRONTENDS).contains(&args.frontends),
+        "--frontends must be in 1..={}",
+        bazaar::up::MAX_FRONTENDS
+    );
     let report = bazaar::chaos::run(&bazaar::chaos::ChaosOptions {
         duration: positive_seconds("--duration-s", args.duration_s)?,
         seed: args.seed,
         clients: args.clients,
         fault_every: positive_seconds("--fault-every-s", args.fault_every_s)?,
         gray: !args.no_gray,
+        frontends: args.frontends,
     })
     .await?;
     bazaar::report::chaos(&report, args.json)?;

@@ -103,11 +103,13 @@ pub fn chaos(report: &ChaosReport, as_json: bool) -> anyhow::Result<()> {
         .map(|(kind, n)| format!("{kind} {n}"))
         .collect();
     println!(
-        "seed {}: {} faults ({}); gray faults {}",
+        "seed {}: {} faults ({}); gray faults {}; {} front-end{}",
         report.seed,
         report.faults_injected,
         kinds.join(", "),
-        if report.gray { "on" } else { "off" }
+        if report.gray { "on" } else { "off" },
+        report.frontends,
+        if report.frontends == 1 { "" } else { "s" }
     );
     if !report.gray_faults_seen_biting.is_empty() {
         let biting: Vec<String> = report
@@ -137,6 +139,12 @@ pub fn chaos(report: &ChaosReport, as_json: bool) -> anyhow::Result<()> {
         report.failed_requests,
         report.lookups_checked_for_staleness
     );
+    for (name, f) in &report.by_frontend {
+        println!(
+            "  {name}: {} sessions, {} client lookups; checker lookups {} (stale {}, unexplained {})",
+            f.sessions, f.client_lookups, f.checker.checked, f.checker.stale, f.checker.unexplained
+        );
+    }
     if report.leader_faults == 0 {
         println!(
             "failover: no fault of the leader in this run; orders in the log {}",

@@ -131,7 +131,7 @@ async fn notify(mut rx: mpsc::Receiver<String>, client: reqwest::Client, base: S
             names.insert(more);
         }
         let names: Vec<String> = std::mem::take(&mut names).into_iter().collect();
-        let body = Invalidations { names, lease: None };
+        let body = Invalidations::of(names, None);
         for attempt in 1..=MAX_ATTEMPTS {
             match client.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => break,

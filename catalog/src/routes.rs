@@ -48,13 +48,18 @@ pub fn router(state: AppState) -> Router {
 async fn health(State(s): State<AppState>) -> Json<Health> {
     let (epoch, next) = s.catalog.position().await;
     let (storage, cause) = s.catalog.storage();
-    let reason = cause.map(|cause| {
-        format!(
-            "storage {}: trades are refused until the catalog restarts on what is durable \
-             ({cause})",
-            storage.as_str()
-        )
-    });
+    let reason = cause
+        .map(|cause| {
+            format!(
+                "storage {}: trades are refused until the catalog restarts on what is durable \
+                 ({cause})",
+                storage.as_str()
+            )
+        })
+        .or_else(|| {
+            (s.catalog.scan() == common::storage::ScanState::Running)
+                .then(|| "checking the older applied records".to_string())
+        });
     Json(Health {
         service: "catalog".into(),
         id: None,

@@ -288,6 +288,15 @@ impl StockCache {
         for name in &notice.names {
             g.invalidate(name, &self.stats);
         }
+        if notice.everything {
+            // Too many names to list: every cached stock goes, and lookups
+            // under way do not fill.
+            let dropped = g.lru.len();
+            g.clear();
+            self.stats
+                .invalidations
+                .inc_by(u64::try_from(dropped).unwrap_or(u64::MAX));
+        }
         let Some(until) = renewed.filter(|u| *u > now) else {
             return;
         };
@@ -367,6 +376,7 @@ mod tests {
     fn notice(catalog: u64, seq: u64, confirmed: Option<u64>, ms: u64) -> Invalidations {
         Invalidations {
             names: Vec::new(),
+            everything: false,
             lease: Some(LeaseTerms {
                 catalog,
                 seq,
@@ -395,9 +405,26 @@ mod tests {
         // Names in a notice go.
         c.receive(&Invalidations {
             names: vec!["A".into()],
+            everything: false,
             lease: None,
         });
         assert!(c.get("A").is_none());
+    }
+
+    #[test]
+    fn too_many_names_drop_the_whole_cache_and_racing_fills() {
+        let c = StockCache::new(5);
+        let before = c.generation();
+        c.insert_if_current(stock("A", 1), before);
+        let names = (0..=common::types::MAX_INVALIDATED_NAMES)
+            .map(|i| format!("S{i}"))
+            .collect();
+        let notice = Invalidations::of(names, None);
+        assert!(notice.everything && notice.names.is_empty());
+        c.receive(&notice);
+        assert!(c.get("A").is_none(), "the cached stock went");
+        c.insert_if_current(stock("B", 1), before);
+        assert!(c.get("B").is_none(), "a lookup begun before does not fill");
     }
 
     #[test]

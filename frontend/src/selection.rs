@@ -1,9 +1,12 @@
-//! Leader selection and the active health check. The leader is the
-//! highest-id replica that answers its health check; every selection starts
-//! a new epoch (one above any epoch a replica or the catalog reports) and
-//! is announced to every replica. Forwarding re-selects when a
-//! forward fails (passive health check); [`Selector::run_health_check`]
-//! probes the leader every `health_check_interval_ms` (active).
+//! Leader selection and the active health check. A front-end follows the
+//! leader the replicas report when there is one that can commit; otherwise
+//! it names the highest-id replica that can commit (or, failing that, that
+//! answers) leader of a new epoch (one above any epoch a replica or the
+//! catalog reports) and tells every replica ([`Selector::select`]).
+//! Forwarding re-selects when a forward fails (passive health check);
+//! [`Selector::run_health_check`] probes the leader every
+//! `health_check_interval_ms` (active) and moves the leadership away from a
+//! leader that cannot commit when another replica can.
 
 use std::sync::RwLock;
 use std::time::Duration;

@@ -18,6 +18,9 @@ pub enum OrderError {
     CatchingUp,
     #[error("leader epoch {got} is older than the current epoch {current}")]
     StaleEpoch { got: u64, current: u64 },
+    /// A second leader proposed for an epoch that already has one.
+    #[error("epoch {epoch} already has leader {leader}; a replica takes one leader per epoch")]
+    EpochTaken { epoch: u64, leader: u32 },
     /// The leader is ready but could not finish (a dependency failed).
     #[error("{0}")]
     Unavailable(String),
@@ -46,7 +49,9 @@ impl OrderError {
     /// The role a 503 of this kind reports.
     fn role(&self) -> Role {
         match self {
-            OrderError::NotLeader | OrderError::StaleEpoch { .. } => Role::Follower,
+            OrderError::NotLeader
+            | OrderError::StaleEpoch { .. }
+            | OrderError::EpochTaken { .. } => Role::Follower,
             OrderError::CatchingUp => Role::CatchingUp,
             OrderError::Retry { role, .. } => *role,
             OrderError::Unavailable(_) | OrderError::Api(_) | OrderError::Store(_) => Role::Leader,
@@ -61,7 +66,7 @@ impl IntoResponse for OrderError {
             OrderError::Store(e) if !e.is_unavailable() => {
                 ApiError::internal_from(&e).into_response()
             }
-            e @ OrderError::StaleEpoch { .. } => {
+            e @ (OrderError::StaleEpoch { .. } | OrderError::EpochTaken { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string()).into_response()
             }
             e => {

@@ -125,9 +125,17 @@ async fn probe_catalog(node: Arc<node::Node>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let answer = node.catalog.health().await;
-        node.readiness
-            .probed(answer.map(|_| ()).map_err(|e| e.to_string()));
+        // A catalog that answers but cannot apply (its storage failed) is
+        // as good as unreachable for committing.
+        let answer = match node.catalog.health().await {
+            Ok(h) if h.ready => Ok(()),
+            Ok(h) => Err(format!(
+                "the catalog is not ready: {}",
+                h.reason.unwrap_or_default()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        node.readiness.probed(answer);
     }
 }
 

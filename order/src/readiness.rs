@@ -53,7 +53,7 @@ impl Readiness {
             match s.catalog_seen {
                 Some(at) if now.duration_since(at) < CATALOG_SILENCE_BOUND => Ok(()),
                 seen => Err(format!(
-                    "the catalog has not answered {}: {}",
+                    "no usable answer from the catalog {}: {}",
                     seen.map_or("since start".to_string(), |at| format!(
                         "for {} ms",
                         now.duration_since(at).as_millis()

@@ -34,10 +34,12 @@ pub async fn on_leader_notice(node: &Arc<Node>, n: LeaderNotice) -> Result<Healt
     // One leader per epoch: several front-ends may propose the same epoch
     // with different leaders, and only the first proposal a replica hears
     // stands (the others adopt it when they look again).
-    if current.epoch == n.epoch && current.leader.is_some_and(|l| l != n.leader_id) {
-        return Err(OrderError::StaleEpoch {
-            got: n.epoch,
-            current: current.epoch,
+    if current.epoch == n.epoch
+        && let Some(leader) = current.leader.filter(|l| *l != n.leader_id)
+    {
+        return Err(OrderError::EpochTaken {
+            epoch: n.epoch,
+            leader,
         });
     }
     let next = if me {

@@ -1,13 +1,16 @@
 //! The lookup checker of `bazaar chaos`: one session trades
 //! [`CHECKER_STOCK`] alone (sell 1, buy 1, ...), so it knows what every
-//! lookup of it may show ([`SoleTrader`]). It looks the stock up after
-//! every trade, and a sampler looks it up all the time, also while a trade
-//! is retried through a fault (the moments a service may serve state that
-//! is not durable). A lookup that misses a trade acknowledged before it
-//! began is stale; one that no set of the acknowledged trades, the trades
-//! of unknown outcome and those under way while it ran explains is
-//! unexplained.
+//! lookup of it may show ([`SoleTrader`]). It trades through the first
+//! front-end and, after every trade, looks the stock up through every
+//! front-end, so a cache that another front-end's trade did not reach
+//! shows as stale; a sampler looks it up all the time, through each
+//! front-end in turn, also while a trade is retried through a fault (the
+//! moments a service may serve state that is not durable). A lookup that
+//! misses a trade acknowledged before it began is stale; one that no set of
+//! the acknowledged trades, the trades of unknown outcome and those under
+//! way while it ran explains is unexplained.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,7 @@ use client::api::{self, Api, Outcome};
 use client::{AckedTrade, UnknownTrade};
 use common::client::ServiceClient;
 use common::types::{Data, Stock, TradeKind, TradeRequest};
+use serde::Serialize;
 
 use crate::verify::{LookupVerdict, SoleTrader};
 
@@ -30,6 +34,15 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Examples of bad lookups kept for the report.
 const MAX_EXAMPLES: usize = 5;
 
+/// The checker's lookups through one front-end.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct FrontendLookups {
+    /// Lookups judged (a failed lookup proves nothing and is not counted).
+    pub checked: u64,
+    pub stale: u64,
+    pub unexplained: u64,
+}
+
 /// What the checker saw.
 #[derive(Default)]
 pub struct CheckerResult {
@@ -39,7 +52,17 @@ pub struct CheckerResult {
     pub unexplained: u64,
     /// Lookups judged (a failed lookup proves nothing and is not counted).
     pub checked: u64,
+    /// The same, per front-end (by service name).
+    pub by_frontend: BTreeMap<String, FrontendLookups>,
     pub examples: Vec<String>,
+}
+
+/// A front-end the checker looks up through: its service name (`frontend`,
+/// `frontend-2`) and its `http://host:port`.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    pub name: String,
+    pub base: String,
 }
 
 /// What the trader knows and what the lookups found, shared by the loops.
@@ -48,12 +71,13 @@ struct Known {
     result: CheckerResult,
 }
 
-/// The checker's two loops, on one front-end.
+/// The checker's two loops.
 #[derive(Clone)]
 struct Checker {
     known: Arc<Mutex<Known>>,
     lookups: ServiceClient,
-    url: String,
+    /// Every front-end: its name and the stock's URL there.
+    urls: Arc<[(String, String)]>,
     started: Instant,
 }
 
@@ -62,58 +86,89 @@ impl Checker {
         f(&mut self.known.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// One lookup, judged once it has ended by what was known when it
+    /// One lookup through front-end `i` (of [`Checker::urls`], modulo
+    /// their number), judged once it has ended by what was known when it
     /// began; `after` says when it was made, for the examples.
-    async fn look(&self, after: &str) {
+    async fn look(&self, i: usize, after: &str) {
+        let (name, url) = &self.urls[i % self.urls.len()];
         let mark = self.with(|k| k.trader.mark());
-        let Ok(d) = self.lookups.get::<Data<Stock>>(&self.url).await else {
+        let Ok(d) = self.lookups.get::<Data<Stock>>(url).await else {
             return;
         };
         let shown = d.data.quantity;
         let at = self.started.elapsed().as_secs_f64();
         self.with(|k| {
-            k.result.checked += 1;
             let verdict = k.trader.judge(mark, shown);
+            let counts = k.result.by_frontend.entry(name.clone()).or_default();
+            k.result.checked += 1;
+            counts.checked += 1;
             match verdict {
                 LookupVerdict::Explained => return,
-                LookupVerdict::Stale => k.result.stale += 1,
-                LookupVerdict::Unexplained => k.result.unexplained += 1,
+                LookupVerdict::Stale => {
+                    k.result.stale += 1;
+                    counts.stale += 1;
+                }
+                LookupVerdict::Unexplained => {
+                    k.result.unexplained += 1;
+                    counts.unexplained += 1;
+                }
             }
             if k.result.examples.len() < MAX_EXAMPLES {
                 k.result.examples.push(format!(
-                    "{verdict:?} lookup at {at:.1} s ({after}): {CHECKER_STOCK} showed \
-                     {shown}; the checker's trades explain {}",
+                    "{verdict:?} lookup through {name} at {at:.1} s ({after}): {CHECKER_STOCK} \
+                     showed {shown}; the checker's trades explain {}",
                     k.trader.expected(mark)
                 ));
             }
         });
     }
+
+    /// One lookup through every front-end, one after the other.
+    async fn look_everywhere(&self, after: &str) {
+        for i in 0..self.urls.len() {
+            self.look(i, after).await;
+        }
+    }
 }
 
-/// Trades [`CHECKER_STOCK`] through the front-end at `base` until `until`
-/// and judges every lookup of it. `started` is the run's start, for the
-/// examples.
-pub async fn run(base: String, started: Instant, until: Instant, initial: u64) -> CheckerResult {
-    let http = api::http_client(ATTEMPT_TIMEOUT, 2).expect("a static client configuration");
+/// Trades [`CHECKER_STOCK`] through the first of `frontends` until `until`
+/// and judges every lookup of it, through every front-end. `started` is the
+/// run's start, for the examples.
+pub async fn run(
+    frontends: &[Frontend],
+    started: Instant,
+    until: Instant,
+    initial: u64,
+) -> CheckerResult {
+    let Some(trading) = frontends.first() else {
+        return CheckerResult::default();
+    };
+    let http = api::http_client(ATTEMPT_TIMEOUT, 2 * frontends.len())
+        .expect("a static client configuration");
     let checker = Checker {
         known: Arc::new(Mutex::new(Known {
             trader: SoleTrader::new(initial),
             result: CheckerResult::default(),
         })),
         lookups: ServiceClient::from_http(http.clone()),
-        url: format!("{base}/stocks/{CHECKER_STOCK}"),
+        urls: frontends
+            .iter()
+            .map(|f| (f.name.clone(), format!("{}/stocks/{CHECKER_STOCK}", f.base)))
+            .collect(),
         started,
     };
     let sampler = {
         let checker = checker.clone();
         tokio::spawn(async move {
+            let mut i = 0;
             while Instant::now() < until {
-                checker.look("sampled").await;
+                checker.look(i, "sampled").await;
+                i += 1;
                 tokio::time::sleep(SAMPLE_EVERY).await;
             }
         })
     };
-    let api = Api::new(http, &base, RETRY_FOR);
+    let api = Api::new(http, &trading.base, RETRY_FOR);
     let run: u64 = rand::random();
     let mut i = 0u64;
     while Instant::now() < until {
@@ -151,7 +206,7 @@ pub async fn run(base: String, started: Instant, until: Instant, initial: u64) -
             }
         });
         if let Some(after) = after {
-            checker.look(&after).await;
+            checker.look_everywhere(&after).await;
         }
     }
     // The sampler ends by itself at `until` (a lookup takes at most

@@ -2,12 +2,14 @@
 //! moment, a follower, ...), injected and healed.
 //!
 //! Process faults: `kill -9` of the leader, a follower, two replicas, the
-//! catalog or the front-end, and SIGSTOP of the leader. Gray faults, where
-//! a process keeps running but cannot do its job: a link cut (its proxy
-//! black-holes it, see [`super::links`]) between the leader and the catalog,
-//! between the leader and a follower (both directions), or between the
-//! front-end and the leader; and a full disk (see [`super::disks`]) of the
-//! leader, a follower or the catalog.
+//! catalog or a front-end (any one of them), and SIGSTOP of the leader.
+//! Gray faults, where a process keeps running but cannot do its job: a link
+//! cut (its proxy black-holes it, see [`super::links`]) between the leader
+//! and the catalog, between the leader and a follower (both directions),
+//! between a front-end and the leader, and, with several front-ends,
+//! between the catalog and a front-end (its invalidations and cache lease);
+//! and a full disk (see [`super::disks`]) of the leader, a follower or the
+//! catalog.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub enum Fault {
     CutLeaderCatalog,
     CutLeaderFollower,
     CutFrontendLeader,
+    CutCatalogFrontend,
     FillLeaderDisk,
     FillFollowerDisk,
     FillCatalogDisk,
@@ -61,6 +64,10 @@ impl Fault {
         Fault::CutLeaderFollower,
         Fault::CutFrontendLeader,
     ];
+    /// Gray faults that need several front-ends: with one, the catalog's
+    /// notices are best effort and the front-end drops what its own trades
+    /// change, so a cut between them changes nothing a client can see.
+    pub const FRONTEND_LINKS: [Fault; 1] = [Fault::CutCatalogFrontend];
     /// Gray faults that need the small disks (root).
     pub const DISKS: [Fault; 3] = [
         Fault::FillLeaderDisk,
@@ -79,6 +86,7 @@ impl Fault {
             Fault::CutLeaderCatalog => "cut-leader-catalog",
             Fault::CutLeaderFollower => "cut-leader-follower",
             Fault::CutFrontendLeader => "cut-frontend-leader",
+            Fault::CutCatalogFrontend => "cut-catalog-frontend",
             Fault::FillLeaderDisk => "fill-leader-disk",
             Fault::FillFollowerDisk => "fill-follower-disk",
             Fault::FillCatalogDisk => "fill-catalog-disk",
@@ -101,8 +109,10 @@ impl Fault {
 
     /// How long the fault lasts before it is healed. A gray fault lasts
     /// longer than a process fault: a replica cut from the catalog reports
-    /// itself not ready only after 1.5 s (order/src/readiness.rs), so a
-    /// shorter cut only slows trades down.
+    /// itself not ready only after 1.5 s (order/src/readiness.rs), and a
+    /// front-end cut from the catalog keeps its cache lease for up to a
+    /// second (catalog/src/invalidate.rs), so a shorter cut only slows
+    /// trades down.
     pub fn draw_pause(self, rng: &mut StdRng) -> Duration {
         let ms = if Fault::PROCESS.contains(&self) {
             rng.random_range(300..2500)
@@ -110,6 +120,24 @@ impl Fault {
             rng.random_range(500..4000)
         };
         Duration::from_millis(ms)
+    }
+}
+
+/// What a fault can be aimed at: the ids of the replicas and of the
+/// front-ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    pub replicas: Vec<u32>,
+    pub frontends: Vec<u32>,
+}
+
+/// One of `ids`, drawn only when there is a choice (a run with one
+/// front-end draws the same schedule as before there could be several).
+fn any(ids: &[u32], rng: &mut StdRng) -> Option<u32> {
+    match ids {
+        [] => None,
+        [one] => Some(*one),
+        _ => Some(ids[rng.random_range(0..ids.len())]),
     }
 }
 
@@ -138,6 +166,18 @@ impl Action {
             Action::Kill(s) => s.iter().map(ToString::to_string).collect(),
             Action::Pause(s) | Action::Fill(s) => vec![s.to_string()],
             Action::Cut(links) => links.iter().map(|(f, t)| format!("{f}->{t}")).collect(),
+        }
+    }
+
+    /// The front-ends cut from the catalog: their cache lease lapses.
+    fn leased_frontends(&self) -> Vec<Service> {
+        match self {
+            Action::Cut(links) => links
+                .iter()
+                .filter(|(f, t)| *f == Service::Catalog && matches!(t, Service::Frontend(_)))
+                .map(|&(_, t)| t)
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -175,8 +215,15 @@ pub async fn current_leader(scratch: &Scratch, ids: &[u32]) -> Option<u32> {
 }
 
 /// Aims `fault` at the cluster as it is now: `None` when it has no target
-/// (no replica leads at the moment).
-pub fn aim(fault: Fault, leader: Option<u32>, ids: &[u32], rng: &mut StdRng) -> Option<Action> {
+/// (no replica leads at the moment). A front-end fault hits any one.
+pub fn aim(
+    fault: Fault,
+    leader: Option<u32>,
+    targets: &Targets,
+    rng: &mut StdRng,
+) -> Option<Action> {
+    let ids = &targets.replicas;
+    let frontend = |rng: &mut StdRng| any(&targets.frontends, rng).map(Service::Frontend);
     let followers: Vec<u32> = ids.iter().copied().filter(|&i| Some(i) != leader).collect();
     let follower = |rng: &mut StdRng| {
         (!followers.is_empty()).then(|| followers[rng.random_range(0..followers.len())])
@@ -193,13 +240,17 @@ pub fn aim(fault: Fault, leader: Option<u32>, ids: &[u32], rng: &mut StdRng) -> 
             Action::Kill(two.into_iter().map(Service::Order).collect())
         }
         Fault::KillCatalog => Action::Kill(vec![Service::Catalog]),
-        Fault::KillFrontend => Action::Kill(vec![Service::Frontend(1)]),
+        Fault::KillFrontend => Action::Kill(vec![frontend(rng)?]),
         Fault::CutLeaderCatalog => Action::Cut(vec![(leader_service?, Service::Catalog)]),
         Fault::CutLeaderFollower => {
             let (l, f) = (leader_service?, Service::Order(follower(rng)?));
             Action::Cut(vec![(l, f), (f, l)])
         }
-        Fault::CutFrontendLeader => Action::Cut(vec![(Service::Frontend(1), leader_service?)]),
+        Fault::CutFrontendLeader => {
+            let leader = leader_service?;
+            Action::Cut(vec![(frontend(rng)?, leader)])
+        }
+        Fault::CutCatalogFrontend => Action::Cut(vec![(Service::Catalog, frontend(rng)?)]),
         Fault::FillLeaderDisk => Action::Fill(leader_service?),
         Fault::FillFollowerDisk => Action::Fill(Service::Order(follower(rng)?)),
         Fault::FillCatalogDisk => Action::Fill(Service::Catalog),
@@ -272,14 +323,39 @@ pub async fn heal(rig: &mut Rig, action: &Action) -> anyhow::Result<Vec<String>>
     Ok(unhealed)
 }
 
+/// Times front-end `s` saw its cache lease lapse, from its `/metrics`
+/// (`None` when it does not answer).
+async fn lease_lapses(rig: &Rig, http: &reqwest::Client, s: Service) -> Option<u64> {
+    let url = format!("{}/metrics", rig.scratch.cluster.url(s));
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("bazaar_cache_lease_lapses_total"))
+        .and_then(|rest| rest.split_whitespace().last()?.parse().ok())
+}
+
 /// Lets `action` last `down`, watching what the services it hits say on
 /// `/health` (every 100 ms): the distinct states seen, such as
-/// `order-2 storage full` or `order-3 not ready`, show the fault bit.
+/// `order-2 storage full` or `order-3 not ready`, show the fault bit. A
+/// front-end cut from the catalog shows it by its cache lease lapsing.
 pub async fn watch(rig: &Rig, action: &Action, down: Duration) -> Vec<String> {
     let until = tokio::time::Instant::now() + down;
     let watched = action.affected();
     let mut seen = std::collections::BTreeSet::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap_or_default();
+    let mut leased = Vec::new();
+    for s in action.leased_frontends() {
+        leased.push((s, lease_lapses(rig, &http, s).await));
+    }
     while tokio::time::Instant::now() < until {
+        for &(s, before) in &leased {
+            let now = lease_lapses(rig, &http, s).await;
+            if before.is_some() && now > before {
+                seen.insert(format!("{s} cache lease lapsed"));
+            }
+        }
         for &s in &watched {
             match rig.scratch.cluster.health(s).await {
                 None => seen.insert(format!("{s} no answer")),
@@ -322,10 +398,17 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    fn targets(frontends: &[u32]) -> Targets {
+        Targets {
+            replicas: vec![1, 2, 3],
+            frontends: frontends.to_vec(),
+        }
+    }
+
     #[test]
     fn faults_aim_at_the_leader_of_the_moment() {
         let mut rng = StdRng::seed_from_u64(1);
-        let ids = [1, 2, 3];
+        let ids = targets(&[1]);
         let leader = Service::Order(2);
         assert_eq!(
             aim(Fault::CutLeaderCatalog, Some(2), &ids, &mut rng),
@@ -354,6 +437,47 @@ mod tests {
     }
 
     #[test]
+    fn front_end_faults_hit_any_front_end_and_one_draws_nothing() {
+        let several = targets(&[1, 2]);
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut hit = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let Some(Action::Kill(k)) = aim(Fault::KillFrontend, Some(1), &several, &mut rng)
+            else {
+                panic!("a kill");
+            };
+            hit.extend(k);
+            let Some(Action::Cut(c)) = aim(Fault::CutCatalogFrontend, None, &several, &mut rng)
+            else {
+                panic!("a cut without a leader too");
+            };
+            assert_eq!(c.len(), 1);
+            assert_eq!(c[0].0, Service::Catalog);
+            hit.insert(c[0].1);
+            let Some(Action::Cut(c)) = aim(Fault::CutFrontendLeader, Some(3), &several, &mut rng)
+            else {
+                panic!("a cut");
+            };
+            assert_eq!(c[0].1, Service::Order(3));
+            hit.insert(c[0].0);
+        }
+        assert_eq!(
+            hit.into_iter().collect::<Vec<_>>(),
+            [Service::Frontend(1), Service::Frontend(2)]
+        );
+        let cut = aim(Fault::CutCatalogFrontend, None, &several, &mut rng).unwrap();
+        assert_eq!(cut.leased_frontends().len(), 1);
+        assert!(cut.affected().is_empty(), "no replica to wait for");
+        // One front-end: aimed without a draw, so the schedule is the same.
+        let (mut a, mut b) = (StdRng::seed_from_u64(9), StdRng::seed_from_u64(9));
+        assert_eq!(
+            aim(Fault::KillFrontend, Some(1), &targets(&[1]), &mut a),
+            Some(Action::Kill(vec![Service::Frontend(1)]))
+        );
+        assert_eq!(a.random::<u64>(), b.random::<u64>());
+    }
+
+    #[test]
     fn without_a_leader_leader_faults_have_no_target() {
         let mut rng = StdRng::seed_from_u64(1);
         for fault in [
@@ -364,10 +488,14 @@ mod tests {
             Fault::CutFrontendLeader,
             Fault::FillLeaderDisk,
         ] {
-            assert_eq!(aim(fault, None, &[1, 2, 3], &mut rng), None, "{fault:?}");
+            assert_eq!(
+                aim(fault, None, &targets(&[1]), &mut rng),
+                None,
+                "{fault:?}"
+            );
         }
         assert_eq!(
-            aim(Fault::FillCatalogDisk, None, &[1, 2, 3], &mut rng),
+            aim(Fault::FillCatalogDisk, None, &targets(&[1]), &mut rng),
             Some(Action::Fill(Service::Catalog))
         );
     }
@@ -377,6 +505,7 @@ mod tests {
         let all: Vec<Fault> = Fault::PROCESS
             .into_iter()
             .chain(Fault::LINKS)
+            .chain(Fault::FRONTEND_LINKS)
             .chain(Fault::DISKS)
             .collect();
         let mut names: Vec<&str> = all.iter().map(|f| f.name()).collect();

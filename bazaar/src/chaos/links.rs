@@ -1,9 +1,15 @@
 //! The links of a chaos cluster, each through its own [`FaultProxy`]: every
-//! replica's link to the catalog and to every other replica, and the
-//! front-end's link to every replica. A service reaches a peer through the
-//! proxy because its process gets a per-process port override
-//! (`BAZAAR_CATALOG__PORT`, `BAZAAR_ORDERS__<ID>__PORT`), so cutting one
-//! proxy cuts exactly one direction of one link. All pass until a fault.
+//! replica's link to the catalog and to every other replica, every
+//! front-end's link to every replica and, with several front-ends, the
+//! catalog's link to every front-end (it tells each of them of every
+//! trade's invalidation and renews their cache leases before the trade is
+//! acknowledged; with one front-end those notices are best effort and
+//! change nothing a client sees, so that link goes direct). A service
+//! reaches a peer through the proxy because its process gets a per-process
+//! port override (`BAZAAR_CATALOG__PORT`, `BAZAAR_ORDERS__<ID>__PORT`,
+//! `BAZAAR_FRONTEND__PORT`, `BAZAAR_EXTRA_FRONTENDS__<ID>__PORT`), so
+//! cutting one proxy cuts exactly one direction of one link. All pass until
+//! a fault.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +26,7 @@ pub struct Links {
     proxies: BTreeMap<Link, FaultProxy>,
 }
 
-/// `catalog` or `order-2` as a `host:port` to connect to.
+/// `catalog`, `order-2` or `frontend-2` as a `host:port` to connect to.
 fn addr(cluster: &Cluster, s: Service) -> anyhow::Result<SocketAddr> {
     let (host, port) = match s {
         Service::Catalog => (
@@ -34,7 +40,13 @@ fn addr(cluster: &Cluster, s: Service) -> anyhow::Result<SocketAddr> {
                 .with_context(|| format!("no replica {id} in the config"))?;
             (o.host.clone(), o.port)
         }
-        Service::Frontend(_) => anyhow::bail!("nothing in the cluster calls the front-end"),
+        Service::Frontend(id) => {
+            let f = cluster
+                .config
+                .frontend(id)
+                .with_context(|| format!("no front-end {id} in the config"))?;
+            (f.host.clone(), f.port)
+        }
     };
     format!("{host}:{port}")
         .parse()
@@ -44,8 +56,10 @@ fn addr(cluster: &Cluster, s: Service) -> anyhow::Result<SocketAddr> {
 /// The environment variable that points `to`'s port elsewhere.
 fn port_var(to: Service) -> String {
     match to {
+        Service::Catalog => "BAZAAR_CATALOG__PORT".into(),
         Service::Order(id) => format!("BAZAAR_ORDERS__{id}__PORT"),
-        _ => "BAZAAR_CATALOG__PORT".into(),
+        Service::Frontend(1) => "BAZAAR_FRONTEND__PORT".into(),
+        Service::Frontend(id) => format!("BAZAAR_EXTRA_FRONTENDS__{id}__PORT"),
     }
 }
 
@@ -58,11 +72,15 @@ impl Links {
             .into_iter()
             .filter(|s| matches!(s, Service::Order(_)))
             .collect();
+        let frontends = cluster.frontends();
         let mut links: Vec<Link> = Vec::new();
         for &r in &replicas {
             links.push((r, Service::Catalog));
             links.extend(replicas.iter().filter(|&&p| p != r).map(|&p| (r, p)));
-            links.push((Service::Frontend(1), r));
+            links.extend(frontends.iter().map(|&f| (f, r)));
+        }
+        if frontends.len() > 1 {
+            links.extend(frontends.iter().map(|&f| (Service::Catalog, f)));
         }
         let mut proxies = BTreeMap::new();
         for (from, to) in links {
@@ -90,5 +108,32 @@ impl Links {
             .iter()
             .map(|((from, to), p)| (format!("{from}->{to}"), p.accepted()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_has_its_own_port_override() {
+        let vars: Vec<String> = [
+            Service::Catalog,
+            Service::Order(2),
+            Service::Frontend(1),
+            Service::Frontend(3),
+        ]
+        .into_iter()
+        .map(port_var)
+        .collect();
+        assert_eq!(
+            vars,
+            [
+                "BAZAAR_CATALOG__PORT",
+                "BAZAAR_ORDERS__2__PORT",
+                "BAZAAR_FRONTEND__PORT",
+                "BAZAAR_EXTRA_FRONTENDS__3__PORT"
+            ]
+        );
     }
 }

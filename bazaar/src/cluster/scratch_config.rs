@@ -108,13 +108,30 @@ pub fn write_scratch_config(dir: &Path, opts: &ScratchOptions) -> anyhow::Result
 
 /// Ports the kernel hands out for port 0, all held at once so they differ.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
+    // The kernel may hand a port it just freed to the next caller, and
+    // clusters started at once in one process (tests run in parallel) would
+    // then share it: this process never hands out the same port twice.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the port registry is poisoned"))?;
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    // Bounded: the ephemeral range holds tens of thousands of ports.
+    for _ in 0..n.saturating_mul(64).max(64) {
+        if ports.len() == n {
+            break;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if handed_out.insert(port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    anyhow::ensure!(ports.len() == n, "could not find {n} unused ports");
+    Ok(ports)
 }
 
 #[cfg(test)]

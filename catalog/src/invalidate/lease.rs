@@ -337,15 +337,15 @@ impl Leases {
 
     /// Sends one message; true when the front-end answered it.
     async fn send(&self, peer: &Peer, m: &Message) -> bool {
-        let body = Invalidations {
-            names: m.names.clone(),
-            lease: Some(LeaseTerms {
+        let body = Invalidations::of(
+            m.names.clone(),
+            Some(LeaseTerms {
                 catalog: self.incarnation,
                 seq: m.seq,
                 confirmed: m.confirmed,
                 ms: LEASE_MS,
             }),
-        };
+        );
         let answered = match self.client.post(&peer.url).json(&body).send().await {
             Ok(r) if r.status().is_success() => true,
             Ok(r) => {

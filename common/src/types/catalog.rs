@@ -70,8 +70,30 @@ pub struct ConflictBody {
 #[serde(deny_unknown_fields)]
 pub struct Invalidations {
     pub names: Vec<String>,
+    /// Drop every cached stock: sent instead of the names when there are
+    /// more than [`MAX_INVALIDATED_NAMES`], so a message always fits the
+    /// front-end's body limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub everything: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseTerms>,
+}
+
+/// Most names one [`Invalidations`] lists: 128 names of at most 64 bytes
+/// stay well inside a front-end's 16 KiB body limit.
+pub const MAX_INVALIDATED_NAMES: usize = 128;
+
+impl Invalidations {
+    /// A message about `names`: the names, or `everything` when they are
+    /// too many to list.
+    pub fn of(names: Vec<String>, lease: Option<LeaseTerms>) -> Invalidations {
+        let everything = names.len() > MAX_INVALIDATED_NAMES;
+        Invalidations {
+            names: if everything { Vec::new() } else { names },
+            everything,
+            lease,
+        }
+    }
 }
 
 /// The lease part of [`Invalidations`] (docs/PROTOCOL.md; the timing
