@@ -148,7 +148,11 @@ pub fn with_limits(router: Router, limits: Limits) -> Router {
                     ApiError::unavailable(format!("server overloaded: {e}"))
                 }))
                 .load_shed()
-                .concurrency_limit(limits.max_in_flight),
+                // Global: `Router::layer` puts a copy of the layer on every
+                // route, and a plain concurrency limit would count per route.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_in_flight,
+                )),
         )
         .layer(middleware::from_fn(json_errors))
 }
@@ -401,5 +405,57 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[tokio::test]
+    async fn the_in_flight_limit_counts_every_route_together() {
+        use axum::body::Body;
+        use axum::routing::get;
+        use tower::ServiceExt;
+
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let released = released.clone();
+                    async move {
+                        if let Some(r) = released.lock().await.take() {
+                            let _ = r.await;
+                        }
+                        "slow"
+                    }
+                }),
+            )
+            .route("/other", get(|| async { "other" }));
+        let app = with_limits(
+            router,
+            Limits {
+                max_in_flight: 1,
+                ..Limits::PUBLIC
+            },
+        );
+        let get_status = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = Request::get(path).body(Body::empty()).expect("a request");
+                app.oneshot(request).await.map(|r| r.status())
+            }
+        };
+        let slow = tokio::spawn(get_status("/slow"));
+        // While /slow holds the one place, /other (another route) is shed.
+        crate::wait::wait_until(
+            "a request to another route shed with 503",
+            Duration::from_secs(5),
+            || async { get_status("/other").await == Ok(StatusCode::SERVICE_UNAVAILABLE) },
+        )
+        .await;
+        let _ = release.send(());
+        assert_eq!(
+            slow.await.expect("the slow request ran"),
+            Ok(StatusCode::OK)
+        );
+        assert_eq!(get_status("/other").await, Ok(StatusCode::OK));
     }
 }
