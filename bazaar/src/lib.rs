@@ -10,7 +10,8 @@
 //! - [`status`]: `bazaar status`, every service's health.
 //! - [`eval`], [`bench`](mod@bench), [`chaos`]: the measurements and the fault
 //!   injection; [`verify`]: the end-of-run checks they share.
-//! - [`report`]: what the commands print.
+//! - [`report`]: what the commands print; [`tmpfs`]: the small disks the
+//!   full-disk faults fill.
 //!
 //! The load itself is the `client` crate's ([`client::run`]).
 
@@ -23,5 +24,6 @@ pub mod proxy;
 pub mod report;
 pub mod scratch;
 pub mod status;
+pub mod tmpfs;
 pub mod up;
 pub mod verify;

@@ -8,15 +8,13 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bazaar::cluster::{ScratchOptions, Service, bin_dir, write_scratch_config};
 use common::config::Config;
 use common::types::{ClusterStatus, Health, Order, Role, TradeKind};
-use common::wait::{poll, try_poll_blocking, wait_until, wait_until_blocking};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::wait::{poll, wait_until, wait_until_blocking};
 use serde_json::{Value, json};
 use support::*;
 
@@ -370,15 +368,6 @@ async fn a_front_end_killed_and_resumed_serves_from_an_empty_cache() {
 
 // ----- `bazaar up --frontends 2`, in the style of tests/launcher.rs -----
 
-fn bazaar(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin_dir().unwrap().join("bazaar"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("bazaar runs")
-}
-
 fn status_json(config: &Path) -> Value {
     let out = bazaar(config, &["status", "--json"]);
     assert!(out.status.success(), "{out:?}");
@@ -399,30 +388,12 @@ fn ups(status: &Value) -> Vec<(String, bool)> {
         .collect()
 }
 
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = kill(Pid::from_raw(self.0.id().cast_signed()), Signal::SIGINT);
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[test]
 fn bazaar_up_runs_two_front_ends_and_kills_and_resumes_the_second() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = write_scratch_config(dir.path(), &ScratchOptions::default()).unwrap();
     let shipped = std::fs::read_to_string(&config_path).unwrap();
-    let mut up = Up(Command::new(bin_dir().unwrap().join("bazaar"))
-        .arg("--config")
-        .arg(&config_path)
-        .args(["up", "--frontends", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let mut up = Up::start(&config_path, &["--frontends", "2"], Stdio::null());
     let expected: Vec<(String, bool)> = [
         "catalog",
         "order-1",
@@ -524,14 +495,7 @@ fn bazaar_up_runs_two_front_ends_and_kills_and_resumes_the_second() {
     assert!(!out.status.success(), "{out:?}");
 
     // Ctrl-C stops both and removes the derived config.
-    kill(Pid::from_raw(up.0.id().cast_signed()), Signal::SIGINT).unwrap();
-    let code = try_poll_blocking(
-        "bazaar up to stop",
-        Duration::from_secs(30),
-        Duration::from_millis(50),
-        || up.0.try_wait().unwrap(),
-    )
-    .unwrap_or_else(|e| panic!("bazaar up did not stop: {e}"));
+    let code = up.interrupt(Duration::from_secs(30));
     assert!(code.success(), "bazaar up exited with {code}");
     assert!(!derived.exists(), "{} is left behind", derived.display());
     let status = status_json(&config_path);

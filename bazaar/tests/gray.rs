@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bazaar::cluster::{ScratchOptions, Service};
 use bazaar::proxy::{FaultProxy, LinkMode};
 use common::types::TradeKind;
-use common::wait::{poll, wait_until};
+use common::wait::poll;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,51 +49,25 @@ async fn leader_cut_from_the_catalog_steps_aside_and_heals() {
     t.cluster
         .set_env(Service::Order(3), "BAZAAR_CATALOG__PORT", Some(&port));
     t.launch().await;
-    wait_until(
-        "the front-end to pick order-3 (highest id) as leader",
-        Duration::from_secs(10),
-        || async { t.frontend_leader().await == Some(3) },
-    )
-    .await;
+    t.wait_first_leader().await;
     assert!(
         proxy.accepted() > 0,
         "order-3 reaches the catalog through the proxy"
     );
 
     let trickle = Trickle::start(&t.base, Duration::from_millis(50));
-    wait_until(
-        "20 trades acknowledged before the cut",
-        Duration::from_secs(20),
-        || async { trickle.acked() >= 20 },
-    )
-    .await;
+    trickle.wait_acked(20, None, " before the cut").await;
 
     let cut = Instant::now();
     proxy.set(LinkMode::Blackhole);
-    let recovered = poll(
-        "a trade sent after the cut to succeed",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || async { trickle.first_success_since(cut) },
-    )
-    .await;
+    let recovered = trickle.wait_recovered(cut, "the cut").await;
     eprintln!("leader cut from the catalog: trades succeed again {recovered:?} after the cut");
     assert!(
         recovered <= RECOVERY_BOUND,
         "trades succeeded again only {recovered:?} after the cut (bound {RECOVERY_BOUND:?})"
     );
 
-    let moved = poll(
-        "the front-end to move the leadership away from order-3",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || async { t.frontend_leader().await.filter(|&id| id != 3) },
-    )
-    .await;
-    eprintln!(
-        "leadership moved to order-{moved} ({:?} after the cut)",
-        cut.elapsed()
-    );
+    t.wait_leader_moved_from(3, cut, "the cut").await;
     let h = t
         .cluster
         .health(Service::Order(3))
@@ -112,9 +86,7 @@ async fn leader_cut_from_the_catalog_steps_aside_and_heals() {
 
     // The leadership stays away while the cut lasts: check every 100 ms
     // (a health-check interval) for many intervals.
-    let watch_from = Instant::now();
-    while watch_from.elapsed() < STAY_AWAY_FOR {
-        let leader = t.frontend_leader().await;
+    t.watch_leader(STAY_AWAY_FOR, async |leader| {
         assert!(
             leader.is_some_and(|id| id != 3),
             "the leadership came back to order-3 (or was lost: {leader:?}) during the cut"
@@ -124,8 +96,8 @@ async fn leader_cut_from_the_catalog_steps_aside_and_heals() {
             h.as_ref().is_some_and(|h| !h.ready),
             "order-3 says ready during the cut: {h:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // The front-end's /status shows the same.
     let (status, body) = t.get("/status").await;
     assert_eq!(status, 200, "{body}");
@@ -159,12 +131,7 @@ async fn leader_cut_from_the_catalog_steps_aside_and_heals() {
     .await;
     eprintln!("order-3 ready again {:?} after healing", heal.elapsed());
     let healed = Instant::now();
-    wait_until(
-        "10 trades acknowledged after healing",
-        Duration::from_secs(20),
-        || async { trickle.successes_since(healed) >= 10 },
-    )
-    .await;
+    trickle.wait_acked(10, Some(healed), " after healing").await;
 
     assert_longest_gap(
         &trickle,
@@ -172,32 +139,12 @@ async fn leader_cut_from_the_catalog_steps_aside_and_heals() {
         RECOVERY_BOUND,
         "leader cut from the catalog, from the cut to after healing",
     );
-    let outcome = trickle.stop().await;
-    assert!(
-        outcome.rejected.is_empty(),
-        "trades refused for good: {:?}",
-        outcome.rejected
-    );
-    eprintln!(
-        "trickle: {} acknowledged, {} unknown",
-        outcome.acked.len(),
-        outcome.unknown.len()
-    );
-    let highest = bazaar::verify::wait_converged(&t.cluster, Duration::from_secs(30))
-        .await
-        .expect("replicas converge after healing");
+    let Verified {
+        outcome,
+        highest,
+        verdict,
+    } = stop_and_verify(&mut t, trickle, "after healing").await;
     eprintln!("replicas converged at {highest:?}");
-    t.cluster.stop_all().await.expect("clean stop");
-    let verdict =
-        bazaar::verify::check(&t.cluster, &outcome.acked, &outcome.unknown).expect("dumps");
-    assert_eq!(
-        verdict.violations.total(),
-        0,
-        "{}: {:?}",
-        verdict.violations,
-        verdict.examples
-    );
-    assert!(verdict.replicas_identical, "{:?}", verdict.examples);
     assert!(verdict.orders_in_log >= outcome.acked.len() as u64);
 }
 

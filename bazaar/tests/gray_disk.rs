@@ -19,14 +19,12 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bazaar::cluster::{ScratchOptions, Service};
+use bazaar::tmpfs::Tmpfs;
 use common::types::{Health, Order, StorageState, TradeKind};
-use common::wait::{poll, wait_until};
+use common::wait::wait_until;
 use support::*;
 
 /// The bound: trades succeed again within this long of a fault.
@@ -39,114 +37,23 @@ const DISK_BYTES: u64 = 4 * 1024 * 1024;
 /// degraded replica: many health-check intervals (100 ms in a scratch cluster).
 const STAY_AWAY_FOR: Duration = Duration::from_secs(2);
 
-/// A tmpfs of a fixed size on a temporary mount point, unmounted on drop.
-struct SmallDisk {
-    mount_point: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// Mounts a tmpfs of `bytes`, or says why it cannot (not root, no
-    /// permission to mount here) and returns `None`.
-    fn mount(bytes: u64) -> Option<SmallDisk> {
-        if !is_root() {
-            eprintln!("SKIPPED: mounting a tmpfs needs root; this test runs as another user");
-            return None;
-        }
-        let mount_point = tempfile::Builder::new()
-            .prefix("bazaar-small-disk-")
-            .tempdir()
-            .expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(mount_point.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallDisk { mount_point }),
-            Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs here: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.mount_point.path()
-    }
-
-    fn filler(&self) -> PathBuf {
-        self.path().join("filler")
-    }
-
-    /// Fills every free byte with a filler file; returns its size.
-    fn fill(&self) -> u64 {
-        let mut f = std::fs::File::create(self.filler()).expect("filler file");
-        let chunk = vec![0xA5u8; 64 * 1024];
-        let mut written = 0u64;
-        // Whole chunks, then smaller and smaller writes for the last pages.
-        let mut size = chunk.len();
-        while size > 0 {
-            match f.write(&chunk[..size]) {
-                Ok(0) => break,
-                Ok(n) => written += n as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => size /= 2,
-                Err(e) => panic!("filling the small disk: {e}"),
-            }
-        }
-        let _ = f.sync_all();
-        written
-    }
-
-    /// Removes the filler: the space is back.
-    fn free(&self) {
-        std::fs::remove_file(self.filler()).expect("remove the filler");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let path = self.mount_point.path().to_path_buf();
-        let umount = |lazy: bool| {
-            let mut cmd = Command::new("umount");
-            if lazy {
-                cmd.arg("-l");
-            }
-            match cmd.arg(&path).output() {
-                Ok(o) if o.status.success() => Ok(()),
-                Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        if let Err(e) = umount(false) {
-            // A process that still holds a file there: detach it now, the
-            // kernel frees it when the last file closes.
-            eprintln!("umount {}: {e}; detaching it lazily", path.display());
-            if let Err(e) = umount(true) {
-                eprintln!("umount -l {}: {e}", path.display());
-            }
-        }
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
+/// The small disk, or `None` after printing why the test skips.
+fn small_disk() -> Option<Tmpfs> {
+    Tmpfs::mount("bazaar-small-disk-", DISK_BYTES)
+        .inspect_err(|why| eprintln!("SKIPPED: {why}"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
+}
+
+/// Fills `disk`; returns when, after printing how much filler it took.
+fn fill(disk: &Tmpfs, whose: &str) -> Instant {
+    let filler = disk.fill().expect("filling the small disk");
+    let full = Instant::now();
+    eprintln!("{whose} disk filled ({filler} bytes of filler)");
+    full
 }
 
 /// A supervised cluster whose `service` keeps its database on `disk`.
-async fn cluster_with_db_on(disk: &SmallDisk, service: Service) -> TestCluster {
+async fn cluster_with_db_on(disk: &Tmpfs, service: Service) -> TestCluster {
     let name = service.to_string();
     let mut t = TestCluster::prepare(ScratchOptions {
         db_paths: vec![(service, disk.path().join(name))],
@@ -154,12 +61,7 @@ async fn cluster_with_db_on(disk: &SmallDisk, service: Service) -> TestCluster {
     });
     t.cluster.supervise(true).expect("supervision");
     t.launch().await;
-    wait_until(
-        "the front-end to pick order-3 (highest id) as leader",
-        Duration::from_secs(10),
-        || async { t.frontend_leader().await == Some(3) },
-    )
-    .await;
+    t.wait_first_leader().await;
     t
 }
 
@@ -180,124 +82,95 @@ fn assert_supervised_restart(t: &TestCluster, s: Service) {
     );
 }
 
-/// Stops the trickle, waits for the replicas to agree, stops the cluster
-/// and checks every guarantee on the dumps; returns the final order log.
-async fn stop_and_verify(t: &mut TestCluster, trickle: Trickle) -> Vec<Order> {
-    let outcome = trickle.stop().await;
-    assert!(
-        outcome.rejected.is_empty(),
-        "trades refused for good: {:?}",
-        outcome.rejected
-    );
-    eprintln!(
-        "trickle: {} acknowledged, {} unknown",
-        outcome.acked.len(),
-        outcome.unknown.len()
-    );
-    bazaar::verify::wait_converged(&t.cluster, Duration::from_secs(30))
-        .await
-        .expect("replicas converge after the space is freed");
-    t.cluster.stop_all().await.expect("clean stop");
-    let verdict =
-        bazaar::verify::check(&t.cluster, &outcome.acked, &outcome.unknown).expect("dumps");
-    assert_eq!(
-        verdict.violations.total(),
-        0,
-        "{}: {:?}",
-        verdict.violations,
-        verdict.examples
-    );
-    assert!(verdict.replicas_identical, "{:?}", verdict.examples);
-    t.cluster.dump_orders(1).expect("dump of order-1")
+/// A trickle of trades on `t`, once 20 of them are acknowledged.
+async fn start_trickle(t: &TestCluster) -> Trickle {
+    let trickle = Trickle::start(&t.base, Duration::from_millis(50));
+    trickle.wait_acked(20, None, "").await;
+    trickle
 }
 
-/// Finding 2.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_disk_full_fails_over_and_the_leader_heals() {
-    let Some(disk) = SmallDisk::mount(DISK_BYTES) else {
-        return;
-    };
-    let mut t = cluster_with_db_on(&disk, Service::Order(3)).await;
-    let trickle = Trickle::start(&t.base, Duration::from_millis(50));
-    wait_until(
-        "20 trades acknowledged",
-        Duration::from_secs(20),
-        || async { trickle.acked() >= 20 },
-    )
-    .await;
-
-    let filler = disk.fill();
-    let full = Instant::now();
-    eprintln!("leader's disk filled ({filler} bytes of filler)");
-    let recovered = poll(
-        "a trade sent after the disk filled to succeed",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || async { trickle.first_success_since(full) },
-    )
-    .await;
-    eprintln!(
-        "leader disk full: the first trade sent after the disk filled succeeded {recovered:?} after it"
-    );
-    let moved = poll(
-        "the front-end to move the leadership away from order-3",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || async { t.frontend_leader().await.filter(|&id| id != 3) },
-    )
-    .await;
-    eprintln!(
-        "leadership moved to order-{moved} ({:?} after the disk filled)",
-        full.elapsed()
-    );
-    let h = wait_health(
-        &t,
-        Service::Order(3),
+/// Waits until `s` reports its storage full; returns that `/health`.
+async fn wait_full(t: &TestCluster, s: Service) -> Health {
+    wait_health(
+        t,
+        s,
         "storage full, not ready",
         Duration::from_secs(10),
         |h| !h.ready && h.storage == StorageState::Full,
     )
-    .await;
-    eprintln!("order-3 /health while full: {h:?}");
-    let watch_from = Instant::now();
-    while watch_from.elapsed() < STAY_AWAY_FOR {
-        let leader = t.frontend_leader().await;
-        assert!(
-            leader.is_some_and(|id| id != 3),
-            "the leadership is with the full replica (or lost: {leader:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    .await
+}
 
+/// Removes the filler of `disk`; returns when.
+fn free(disk: &Tmpfs) -> Instant {
     let freed = Instant::now();
-    disk.free();
+    disk.free().expect("remove the filler");
+    freed
+}
+
+/// After the space was `freed`: `s` comes back to normal (printed how
+/// soon), restarted by the supervisor, and 10 trades are acknowledged
+/// after that.
+async fn wait_healed(t: &TestCluster, trickle: &Trickle, s: Service, freed: Instant) {
     wait_health(
-        &t,
-        Service::Order(3),
+        t,
+        s,
         "ready with storage ok",
         Duration::from_secs(30),
         back_to_normal,
     )
     .await;
     eprintln!(
-        "order-3 ready again {:?} after the space was freed",
+        "{s} ready again {:?} after the space was freed",
         freed.elapsed()
     );
-    assert_supervised_restart(&t, Service::Order(3));
+    assert_supervised_restart(t, s);
     let healed = Instant::now();
-    wait_until(
-        "10 trades acknowledged after healing",
-        Duration::from_secs(20),
-        || async { trickle.successes_since(healed) >= 10 },
-    )
+    trickle.wait_acked(10, Some(healed), " after healing").await;
+}
+
+/// The three tests run one at a time: each times a recovery, and three
+/// clusters at once on two cores would measure the machine, not the system.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What the replicas converge after, for [`stop_and_verify`].
+const CONVERGE_AFTER: &str = "after the space is freed";
+
+/// Finding 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_disk_full_fails_over_and_the_leader_heals() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(disk) = small_disk() else {
+        return;
+    };
+    let mut t = cluster_with_db_on(&disk, Service::Order(3)).await;
+    let trickle = start_trickle(&t).await;
+
+    let full = fill(&disk, "leader's");
+    let recovered = trickle.wait_recovered(full, "the disk filled").await;
+    eprintln!(
+        "leader disk full: the first trade sent after the disk filled succeeded {recovered:?} after it"
+    );
+    t.wait_leader_moved_from(3, full, "the disk filled").await;
+    let h = wait_full(&t, Service::Order(3)).await;
+    eprintln!("order-3 /health while full: {h:?}");
+    t.watch_leader(STAY_AWAY_FOR, async |leader| {
+        assert!(
+            leader.is_some_and(|id| id != 3),
+            "the leadership is with the full replica (or lost: {leader:?})"
+        );
+    })
     .await;
+
+    let freed = free(&disk);
+    wait_healed(&t, &trickle, Service::Order(3), freed).await;
     assert_longest_gap(
         &trickle,
         full,
         RECOVERY_BOUND,
         "leader disk full, from the fill to after healing",
     );
-    stop_and_verify(&mut t, trickle).await;
+    stop_and_verify(&mut t, trickle, CONVERGE_AFTER).await;
 }
 
 /// Every quantity each stock has after some prefix of `log` (in log order):
@@ -363,31 +236,17 @@ fn sample_lookups(
 /// Finding 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_disk_full_shows_no_phantom_and_heals_by_itself() {
-    let Some(disk) = SmallDisk::mount(DISK_BYTES) else {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(disk) = small_disk() else {
         return;
     };
     let mut t = cluster_with_db_on(&disk, Service::Catalog).await;
     let stop_sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = sample_lookups(&t, stop_sampling.clone());
-    let trickle = Trickle::start(&t.base, Duration::from_millis(50));
-    wait_until(
-        "20 trades acknowledged",
-        Duration::from_secs(20),
-        || async { trickle.acked() >= 20 },
-    )
-    .await;
+    let trickle = start_trickle(&t).await;
 
-    let filler = disk.fill();
-    let full = Instant::now();
-    eprintln!("catalog's disk filled ({filler} bytes of filler)");
-    let h = wait_health(
-        &t,
-        Service::Catalog,
-        "storage full, not ready",
-        Duration::from_secs(10),
-        |h| !h.ready && h.storage == StorageState::Full,
-    )
-    .await;
+    let full = fill(&disk, "catalog's");
+    let h = wait_full(&t, Service::Catalog).await;
     eprintln!(
         "catalog /health while full ({:?} after the fill): {h:?}",
         full.elapsed()
@@ -401,32 +260,10 @@ async fn catalog_disk_full_shows_no_phantom_and_heals_by_itself() {
     )
     .await;
 
-    let freed = Instant::now();
-    disk.free();
-    let recovered = poll(
-        "a trade sent after the space was freed to succeed",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || async { trickle.first_success_since(freed) },
-    )
-    .await;
+    let freed = free(&disk);
+    let recovered = trickle.wait_recovered(freed, "the space was freed").await;
     eprintln!("catalog disk full: trades succeed again {recovered:?} after the space was freed");
-    wait_health(
-        &t,
-        Service::Catalog,
-        "ready with storage ok",
-        Duration::from_secs(30),
-        back_to_normal,
-    )
-    .await;
-    assert_supervised_restart(&t, Service::Catalog);
-    let healed = Instant::now();
-    wait_until(
-        "10 trades acknowledged after healing",
-        Duration::from_secs(20),
-        || async { trickle.successes_since(healed) >= 10 },
-    )
-    .await;
+    wait_healed(&t, &trickle, Service::Catalog, freed).await;
 
     stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = sampler.await.expect("the sampler does not panic");
@@ -436,7 +273,8 @@ async fn catalog_disk_full_shows_no_phantom_and_heals_by_itself() {
         RECOVERY_BOUND,
         "catalog disk full, from freeing the space on",
     );
-    let log = stop_and_verify(&mut t, trickle).await;
+    stop_and_verify(&mut t, trickle, CONVERGE_AFTER).await;
+    let log = t.cluster.dump_orders(1).expect("dump of order-1");
     let explained = explained_quantities(&log);
     let phantoms: Vec<_> = seen
         .iter()
@@ -468,39 +306,22 @@ async fn catalog_disk_full_shows_no_phantom_and_heals_by_itself() {
 /// Finding 4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_disk_full_leader_keeps_acknowledging_and_follower_heals() {
-    let Some(disk) = SmallDisk::mount(DISK_BYTES) else {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(disk) = small_disk() else {
         return;
     };
     let mut t = cluster_with_db_on(&disk, Service::Order(1)).await;
-    let trickle = Trickle::start(&t.base, Duration::from_millis(50));
-    wait_until(
-        "20 trades acknowledged",
-        Duration::from_secs(20),
-        || async { trickle.acked() >= 20 },
-    )
-    .await;
+    let trickle = start_trickle(&t).await;
 
-    let filler = disk.fill();
-    let full = Instant::now();
-    eprintln!("follower's disk filled ({filler} bytes of filler)");
-    let h = wait_health(
-        &t,
-        Service::Order(1),
-        "storage full, not ready",
-        Duration::from_secs(10),
-        |h| !h.ready && h.storage == StorageState::Full,
-    )
-    .await;
+    let full = fill(&disk, "follower's");
+    let h = wait_full(&t, Service::Order(1)).await;
     eprintln!(
         "order-1 /health while full ({:?} after the fill): {h:?}",
         full.elapsed()
     );
-    wait_until(
-        "20 trades acknowledged after the follower's disk filled",
-        Duration::from_secs(20),
-        || async { trickle.successes_since(full) >= 20 },
-    )
-    .await;
+    trickle
+        .wait_acked(20, Some(full), " after the follower's disk filled")
+        .await;
     let first = trickle
         .first_success_since(full)
         .expect("trades succeeded after the fill");
@@ -511,33 +332,13 @@ async fn follower_disk_full_leader_keeps_acknowledging_and_follower_heals() {
     assert!(first <= RECOVERY_BOUND, "the leader stalled for {first:?}");
     assert_eq!(t.frontend_leader().await, Some(3), "the leader stays");
 
-    let freed = Instant::now();
-    disk.free();
-    wait_health(
-        &t,
-        Service::Order(1),
-        "ready with storage ok",
-        Duration::from_secs(30),
-        back_to_normal,
-    )
-    .await;
-    eprintln!(
-        "order-1 ready again {:?} after the space was freed",
-        freed.elapsed()
-    );
-    assert_supervised_restart(&t, Service::Order(1));
-    let healed = Instant::now();
-    wait_until(
-        "10 trades acknowledged after healing",
-        Duration::from_secs(20),
-        || async { trickle.successes_since(healed) >= 10 },
-    )
-    .await;
+    let freed = free(&disk);
+    wait_healed(&t, &trickle, Service::Order(1), freed).await;
     assert_longest_gap(
         &trickle,
         full,
         RECOVERY_BOUND,
         "follower disk full, from the fill to after healing",
     );
-    stop_and_verify(&mut t, trickle).await;
+    stop_and_verify(&mut t, trickle, CONVERGE_AFTER).await;
 }

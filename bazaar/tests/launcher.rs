@@ -2,23 +2,15 @@
 //! against it and verifies, `bazaar kill/resume/status` work from "another
 //! terminal", and Ctrl-C stops everything.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bazaar::cluster::{ScratchOptions, bin_dir, write_scratch_config};
 use common::config::Config;
-use common::wait::{try_poll_blocking, wait_until_blocking};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-fn bazaar(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin_dir().unwrap().join("bazaar"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("bazaar runs")
-}
+use common::wait::wait_until_blocking;
+use support::{Up, bazaar};
 
 /// `GET /health` over a plain socket: true on a 200.
 fn healthy(url: &str) -> bool {
@@ -38,17 +30,6 @@ fn healthy(url: &str) -> bool {
         && head.starts_with(b"HTTP/1.1 200")
 }
 
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = kill(Pid::from_raw(self.0.id().cast_signed()), Signal::SIGINT);
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[test]
 fn bazaar_up_runs_a_cluster_the_client_can_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,14 +37,7 @@ fn bazaar_up_runs_a_cluster_the_client_can_verify() {
     let config = Config::load(&config_path).unwrap();
     let frontend = config.frontend_url();
 
-    let mut up = Up(Command::new(bin_dir().unwrap().join("bazaar"))
-        .arg("--config")
-        .arg(&config_path)
-        .arg("up")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let mut up = Up::start(&config_path, &[], Stdio::piped());
     wait_until_blocking(
         "the front-end of bazaar up",
         Duration::from_secs(30),
@@ -154,14 +128,7 @@ fn bazaar_up_runs_a_cluster_the_client_can_verify() {
     });
 
     // Ctrl-C stops every service and the launcher exits 0.
-    kill(Pid::from_raw(up.0.id().cast_signed()), Signal::SIGINT).unwrap();
-    let code = try_poll_blocking(
-        "bazaar up to stop",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || up.0.try_wait().unwrap(),
-    )
-    .unwrap_or_else(|e| panic!("bazaar up did not stop: {e}"));
+    let code = up.interrupt(Duration::from_secs(20));
     assert!(code.success(), "bazaar up exited with {code}");
     for url in std::iter::once(config.catalog_url())
         .chain(config.orders.iter().map(|o| o.url()))

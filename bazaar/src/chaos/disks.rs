@@ -1,24 +1,20 @@
 //! Small disks for `bazaar chaos`: the catalog's and every replica's
 //! database each on its own tmpfs, so a fault can fill one service's disk
 //! (a filler file written until `ENOSPC`) and heal it (the filler removed).
-//! Mounting needs root; [`Disks::mount`] says why it cannot otherwise, and
-//! the run skips the disk faults. Every tmpfs is unmounted when [`Disks`]
-//! is dropped, also when the run fails half-way.
+//! Each is a [`Tmpfs`]: mounting needs root; [`Disks::mount`] says why it
+//! cannot otherwise, and the run skips the disk faults. Every tmpfs is
+//! unmounted when [`Disks`] is dropped, also when the run fails half-way.
 
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use super::faults::Fault;
 use crate::cluster::Service;
-
-/// The filler's name in a disk's root (the database is in a subdirectory).
-const FILLER: &str = "filler";
+use crate::tmpfs::Tmpfs;
 
 /// Size of each small disk at the start of a run of `duration`. Measured on
 /// tmpfs: a replica's sled database takes some 170 bytes per order in a
@@ -42,25 +38,10 @@ pub(super) fn skip_note(why: &str) -> String {
     )
 }
 
-/// One tmpfs on a temporary mount point; unmounted on drop.
+/// One service's small disk.
 struct SmallDisk {
     service: Service,
-    mount_point: tempfile::TempDir,
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let path = self.mount_point.path();
-        let ok = Command::new("umount")
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // A process still holds a file there: detach it now, the kernel
-            // frees it when the last file closes.
-            let _ = Command::new("umount").arg("-l").arg(path).status();
-        }
-    }
+    disk: Tmpfs,
 }
 
 /// The small disks of one run.
@@ -68,17 +49,6 @@ pub struct Disks {
     disks: Vec<SmallDisk>,
     /// Size of each disk; grows (see [`Disks::keep_headroom`]).
     bytes: std::sync::atomic::AtomicU64,
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Bytes in files under `dir` (allocated blocks, as tmpfs counts them).
@@ -115,33 +85,13 @@ impl Disks {
     /// cannot (not root, `mount` missing or refused). Whatever was mounted
     /// before a failure is unmounted again.
     pub fn mount(services: &[Service], bytes: u64) -> Result<Disks, String> {
-        if !is_root() {
-            return Err("mounting a tmpfs needs root".into());
-        }
         let mut disks = Disks {
             disks: Vec::new(),
             bytes: bytes.into(),
         };
         for &service in services {
-            let mount_point = tempfile::Builder::new()
-                .prefix(&format!("bazaar-chaos-disk-{service}-"))
-                .tempdir()
-                .map_err(|e| format!("cannot create a mount point: {e}"))?;
-            let out = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-                .arg(mount_point.path())
-                .output()
-                .map_err(|e| format!("cannot run mount: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "cannot mount a tmpfs: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            disks.disks.push(SmallDisk {
-                service,
-                mount_point,
-            });
+            let disk = Tmpfs::mount(&format!("bazaar-chaos-disk-{service}-"), bytes)?;
+            disks.disks.push(SmallDisk { service, disk });
         }
         Ok(disks)
     }
@@ -165,28 +115,23 @@ impl Disks {
             bytes *= 2;
         }
         for d in &self.disks {
-            let out = Command::new("mount")
-                .args(["-o", &format!("remount,size={bytes}")])
-                .arg(d.mount_point.path())
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "cannot grow the small disk of {} to {bytes} bytes: {}",
-                    d.service,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            d.disk.resize(bytes).with_context(|| {
+                format!(
+                    "cannot grow the small disk of {} to {bytes} bytes",
+                    d.service
+                )
+            })?;
         }
         self.bytes.store(bytes, Ordering::Relaxed);
         tracing::info!(used, bytes, "small disks grown");
         Ok(bytes)
     }
 
-    fn root(&self, s: Service) -> anyhow::Result<&Path> {
+    fn disk(&self, s: Service) -> anyhow::Result<&Tmpfs> {
         self.disks
             .iter()
             .find(|d| d.service == s)
-            .map(|d| d.mount_point.path())
+            .map(|d| &d.disk)
             .with_context(|| format!("{s} has no small disk"))
     }
 
@@ -194,35 +139,21 @@ impl Disks {
     pub fn db_paths(&self) -> Vec<(Service, PathBuf)> {
         self.disks
             .iter()
-            .map(|d| (d.service, d.mount_point.path().join(d.service.to_string())))
+            .map(|d| (d.service, d.disk.path().join(d.service.to_string())))
             .collect()
     }
 
     /// Fills every free byte of `s`'s disk with a filler file; returns its
     /// size. Blocking: call it off the async threads.
     pub fn fill(&self, s: Service) -> anyhow::Result<u64> {
-        let path = self.root(s)?.join(FILLER);
-        let mut f = std::fs::File::create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        let chunk = vec![0xA5u8; 64 * 1024];
-        let mut written = 0u64;
-        // Whole chunks, then smaller and smaller writes for the last pages.
-        let mut size = chunk.len();
-        while size > 0 {
-            match f.write(&chunk[..size]) {
-                Ok(0) => break,
-                Ok(n) => written += u64::try_from(n)?,
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => size /= 2,
-                Err(e) => bail!("filling the disk of {s}: {e}"),
-            }
-        }
-        Ok(written)
+        self.disk(s)?
+            .fill()
+            .with_context(|| format!("filling the disk of {s}"))
     }
 
     /// Removes the filler of `s`'s disk: the space is back.
     pub fn free(&self, s: Service) -> anyhow::Result<()> {
-        let path = self.root(s)?.join(FILLER);
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))
+        self.disk(s)?.free()
     }
 
     /// Bytes the databases take on each disk now (the filler not counted).
@@ -230,7 +161,7 @@ impl Disks {
         self.disks
             .iter()
             .map(|d| {
-                let db = d.mount_point.path().join(d.service.to_string());
+                let db = d.disk.path().join(d.service.to_string());
                 (d.service, used_under(&db))
             })
             .collect()
@@ -241,7 +172,7 @@ impl Disks {
     pub fn copy_into(&self, dir: &Path) -> std::io::Result<()> {
         for d in &self.disks {
             let name = d.service.to_string();
-            copy_tree(&d.mount_point.path().join(&name), &dir.join(&name))?;
+            copy_tree(&d.disk.path().join(&name), &dir.join(&name))?;
         }
         Ok(())
     }

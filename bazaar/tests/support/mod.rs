@@ -5,11 +5,15 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use bazaar::cluster::{Cluster, ScratchOptions, Service, write_scratch_config};
+use bazaar::cluster::{Cluster, ScratchOptions, Service, bin_dir, write_scratch_config};
 use common::types::{Order, StockRow, TradeKind};
 use common::wait::{poll, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 pub struct TestCluster {
@@ -30,27 +34,12 @@ impl TestCluster {
         opts: ScratchOptions,
         env: &[(Service, &str, &str)],
     ) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = write_scratch_config(dir.path(), &opts).expect("scratch config");
-        let mut cluster = Cluster::new(&config, &dir.path().join("logs")).expect("cluster");
+        let mut t = Self::prepare(opts);
         for (service, key, value) in env {
-            cluster.set_env(*service, key, Some(value));
+            t.cluster.set_env(*service, key, Some(value));
         }
-        if let Err(e) = cluster.start_all().await {
-            dump_logs(&cluster);
-            panic!("cluster did not start: {e:#}");
-        }
-        let base = cluster.config.frontend_url();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("client");
-        TestCluster {
-            cluster,
-            http,
-            base,
-            _dir: dir,
-        }
+        t.launch().await;
+        t
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -235,6 +224,57 @@ pub fn assert_conservation(stocks: &[StockRow], orders: &[Order], initial: u64) 
 /// The orders the client was told about, keyed by number.
 pub type Acked = BTreeMap<u64, Order>;
 
+// ----- `bazaar` commands (tests/launcher.rs, tests/frontends.rs) -----
+
+/// `bazaar --config <config> <args>`, run to its end.
+pub fn bazaar(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().unwrap().join("bazaar"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("bazaar runs")
+}
+
+/// `bazaar --config <config> up <args>` in the background, its stderr
+/// dropped; stopped with Ctrl-C (SIGINT) on drop if it still runs.
+pub struct Up(pub Child);
+
+impl Up {
+    pub fn start(config: &Path, args: &[&str], stdout: Stdio) -> Up {
+        Up(Command::new(bin_dir().unwrap().join("bazaar"))
+            .arg("--config")
+            .arg(config)
+            .arg("up")
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap())
+    }
+
+    /// Ctrl-C: sends SIGINT and waits up to `timeout` for the exit.
+    pub fn interrupt(&mut self, timeout: Duration) -> ExitStatus {
+        kill(Pid::from_raw(self.0.id().cast_signed()), Signal::SIGINT).unwrap();
+        common::wait::try_poll_blocking(
+            "bazaar up to stop",
+            timeout,
+            Duration::from_millis(50),
+            || self.0.try_wait().unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("bazaar up did not stop: {e}"))
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = kill(Pid::from_raw(self.0.id().cast_signed()), Signal::SIGINT);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 // ----- Gray-failure helpers (tests/gray.rs, tests/gray_disk.rs) -----
 
 impl TestCluster {
@@ -267,7 +307,7 @@ impl TestCluster {
     }
 
     /// The scratch directory (config, logs, databases).
-    pub fn dir(&self) -> &std::path::Path {
+    pub fn dir(&self) -> &Path {
         self._dir.path()
     }
 
@@ -277,6 +317,88 @@ impl TestCluster {
             .health(Service::Frontend(1))
             .await
             .and_then(|h| h.id)
+    }
+
+    /// Waits for the front-end of a new cluster to pick order-3 as leader.
+    pub async fn wait_first_leader(&self) {
+        wait_until(
+            "the front-end to pick order-3 (highest id) as leader",
+            Duration::from_secs(10),
+            || async { self.frontend_leader().await == Some(3) },
+        )
+        .await;
+    }
+
+    /// Waits for the front-end to move the leadership away from order-`id`,
+    /// prints where to and how long after `since` (the fault, named by
+    /// `fault`), and returns the new leader.
+    pub async fn wait_leader_moved_from(&self, id: u32, since: Instant, fault: &str) -> u32 {
+        let moved = poll(
+            &format!("the front-end to move the leadership away from order-{id}"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || async { self.frontend_leader().await.filter(|&l| l != id) },
+        )
+        .await;
+        eprintln!(
+            "leadership moved to order-{moved} ({:?} after {fault})",
+            since.elapsed()
+        );
+        moved
+    }
+
+    /// Calls `check` with the front-end's leader every 100 ms (a
+    /// health-check interval) for `how_long`.
+    pub async fn watch_leader(&self, how_long: Duration, mut check: impl AsyncFnMut(Option<u32>)) {
+        let watch_from = Instant::now();
+        while watch_from.elapsed() < how_long {
+            check(self.frontend_leader().await).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// What [`stop_and_verify`] found.
+pub struct Verified {
+    pub outcome: TrickleOutcome,
+    /// The highest order number the replicas agreed on.
+    pub highest: Option<u64>,
+    pub verdict: bazaar::verify::Verdict,
+}
+
+/// Stops the trickle (none of its trades refused for good), waits for the
+/// replicas to agree (`after` names what they converge after), stops the
+/// cluster and checks every guarantee on the dumps.
+pub async fn stop_and_verify(t: &mut TestCluster, trickle: Trickle, after: &str) -> Verified {
+    let outcome = trickle.stop().await;
+    assert!(
+        outcome.rejected.is_empty(),
+        "trades refused for good: {:?}",
+        outcome.rejected
+    );
+    eprintln!(
+        "trickle: {} acknowledged, {} unknown",
+        outcome.acked.len(),
+        outcome.unknown.len()
+    );
+    let highest = bazaar::verify::wait_converged(&t.cluster, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("replicas converge {after}: {e:?}"));
+    t.cluster.stop_all().await.expect("clean stop");
+    let verdict =
+        bazaar::verify::check(&t.cluster, &outcome.acked, &outcome.unknown).expect("dumps");
+    assert_eq!(
+        verdict.violations.total(),
+        0,
+        "{}: {:?}",
+        verdict.violations,
+        verdict.examples
+    );
+    assert!(verdict.replicas_identical, "{:?}", verdict.examples);
+    Verified {
+        outcome,
+        highest,
+        verdict,
     }
 }
 
@@ -504,6 +626,34 @@ impl Trickle {
             .lock()
             .expect("trickle lock")
             .successes_since(t)
+    }
+
+    /// Waits up to 20 s until `n` trades are acknowledged (of those sent
+    /// after `since`, if given); the wait is named `{n} trades acknowledged{what}`.
+    pub async fn wait_acked(&self, n: usize, since: Option<Instant>, what: &str) {
+        wait_until(
+            &format!("{n} trades acknowledged{what}"),
+            Duration::from_secs(20),
+            || async {
+                match since {
+                    Some(t) => self.successes_since(t) >= n,
+                    None => self.acked() >= n,
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits up to 30 s for a trade sent after `since` (the fault, named
+    /// by `fault`) to succeed; returns how long after `since` it succeeded.
+    pub async fn wait_recovered(&self, since: Instant, fault: &str) -> Duration {
+        poll(
+            &format!("a trade sent after {fault} to succeed"),
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || async { self.first_success_since(since) },
+        )
+        .await
     }
 
     /// Stops sending new trades, waits for the ones in flight (each within
