@@ -4,9 +4,11 @@
 //!
 //! This file runs the phases and holds the report; `load` is the
 //! closed-loop load generator, `baseline` the bare server, `memory` the RSS
-//! sampling.
+//! sampling; `fill` is `bazaar bench --fill N` (memory, restart, catch-up
+//! and dump times as the log grows).
 
 mod baseline;
+pub mod fill;
 mod load;
 mod memory;
 

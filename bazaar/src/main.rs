@@ -76,12 +76,36 @@ struct BenchArgs {
     /// Front-ends of the cluster; the connections go to them round robin.
     #[arg(long, default_value_t = 1)]
     frontends: u32,
+    /// Instead of the phases: fill a fresh cluster's log to N orders through
+    /// the leader's batch endpoint and report, at 100k, 500k, 1M and N, each
+    /// service's RSS, a follower's restart and empty catch-up, and dump times.
+    #[arg(long, value_name = "N")]
+    fill: Option<u64>,
+    /// With --fill: batches of 256 trades in flight at once.
+    #[arg(long, default_value_t = 8)]
+    fill_in_flight: usize,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
 }
 
 async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(orders) = args.fill {
+        anyhow::ensure!(
+            (1..=100_000_000).contains(&orders),
+            "--fill must be in 1..=100000000"
+        );
+        anyhow::ensure!(
+            (1..=256).contains(&args.fill_in_flight),
+            "--fill-in-flight must be in 1..=256"
+        );
+        let report = bazaar::bench::fill::run(&bazaar::bench::fill::FillOptions {
+            orders,
+            in_flight: args.fill_in_flight,
+        })
+        .await?;
+        return bazaar::report::fill(&report, args.json);
+    }
     anyhow::ensure!(
         (1..=1024).contains(&args.connections),
         "--connections must be in 1..=1024"

@@ -7,6 +7,7 @@ use common::types::{ClusterStatus, ServiceStatus};
 use serde::Serialize;
 
 use crate::bench::BenchReport;
+use crate::bench::fill::FillReport;
 use crate::chaos::ChaosReport;
 use crate::eval::{EvalRow, FailoverReport};
 use crate::status::UpView;
@@ -87,6 +88,78 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
             r.peak_kib,
             r.growth_pct,
             r.second_half_growth_pct
+        );
+    }
+    Ok(())
+}
+
+/// `bazaar bench --fill N`: the fill, then per checkpoint every service's
+/// RSS, and the restart, empty catch-up and dump times.
+pub fn fill(report: &FillReport, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return json(report);
+    }
+    println!(
+        "{} cores, {} MiB; {} of {} orders committed in {:.1} s ({:.0} orders/s), {} errors, {} retries; \
+         batches of {}, {} in flight; leader {}, measured follower {}",
+        report.nproc,
+        report.memory_kib / 1024,
+        report.committed,
+        report.target,
+        report.fill_s,
+        report.fill_rate,
+        report.errors,
+        report.retries,
+        report.batch,
+        report.in_flight,
+        report.leader,
+        report.follower
+    );
+    let Some(first) = report.checkpoints.first() else {
+        return Ok(());
+    };
+    let mib = |kib: u64| {
+        #[allow(clippy::cast_precision_loss)]
+        let m = kib as f64 / 1024.0;
+        m
+    };
+    print!("{:>10}{:>10}", "orders", "orders/s");
+    for r in &first.rss {
+        print!("{:>11}", r.service);
+    }
+    println!("   (RSS, MiB)");
+    for c in &report.checkpoints {
+        print!("{:>10}{:>10.0}", c.orders, c.fill_rate);
+        for r in &c.rss {
+            print!("{:>11.1}", mib(r.rss_kib));
+        }
+        println!();
+    }
+    print!(
+        "{:>10}{:>12}{:>16}",
+        "orders", "restart ms", "empty c-up ms"
+    );
+    for d in &first.dumps {
+        print!("{:>18}", d.command);
+    }
+    println!("   (dump wall time, ms)");
+    for c in &report.checkpoints {
+        print!(
+            "{:>10}{:>12.0}{:>16.0}",
+            c.orders, c.restart.ms, c.empty_catch_up.ms
+        );
+        for d in &c.dumps {
+            print!("{:>18.0}", d.ms);
+        }
+        println!();
+    }
+    for c in &report.checkpoints {
+        println!(
+            "at {}: {} after its restart {:.1} MiB, after its empty catch-up {:.1} MiB",
+            c.orders,
+            c.restart.service,
+            mib(c.restart.rss_kib),
+            mib(c.empty_catch_up.rss_kib)
         );
     }
     Ok(())

@@ -42,3 +42,38 @@ async fn every_bench_phase_completes_without_errors() {
         );
     }
 }
+
+/// `bazaar bench --fill 2000`: the fill commits every order with zero
+/// errors and every figure of its one checkpoint is there (none timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_fill_completes_without_errors() {
+    use bazaar::bench::fill::{FillOptions, checkpoints, run as fill};
+    assert_eq!(checkpoints(2000), [2000]);
+    assert_eq!(checkpoints(1_000_000), [100_000, 500_000, 1_000_000]);
+    let report = fill(&FillOptions {
+        orders: 2000,
+        in_flight: 4,
+    })
+    .await
+    .expect("the fill completes");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.committed, 2000, "{report:?}");
+    assert_eq!(report.checkpoints.len(), 1, "{report:?}");
+    let c = &report.checkpoints[0];
+    assert!(c.highest + 1 >= 2000, "{c:?} (orders are numbered from 0)");
+    assert_eq!(c.rss.len(), 5, "{c:?}");
+    assert!(c.rss.iter().all(|r| r.rss_kib > 0), "{c:?}");
+    assert_eq!(c.dumps.len(), 4, "{c:?}");
+    for d in &c.dumps {
+        let expected = if d.command.starts_with("order") {
+            2000
+        } else {
+            1
+        };
+        assert!(d.lines >= expected, "{d:?}");
+    }
+    assert!(
+        c.restart.rss_kib > 0 && c.empty_catch_up.rss_kib > 0,
+        "{c:?}"
+    );
+}

@@ -52,7 +52,7 @@ fn growth_pct(from: u64, to: u64) -> f64 {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(super) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
