@@ -113,7 +113,8 @@ pub fn checkpoints(n: u64) -> Vec<u64> {
 pub async fn run(opts: &FillOptions) -> anyhow::Result<FillReport> {
     anyhow::ensure!(opts.orders > 0, "--fill must be at least 1");
     let in_flight = opts.in_flight.max(1);
-    let token = format!("bench-fill-{}", std::process::id());
+    // A fresh token per run (the config takes 16 or more characters).
+    let token = format!("bench-fill-{:016x}", rand::random::<u64>());
     let mut scratch = Scratch::start(&ScratchOptions {
         token: Some(token.clone()),
         ..ScratchOptions::default()
