@@ -15,6 +15,32 @@
 //!
 //! The load itself is the `client` crate's ([`client::run`]).
 
+/// `println!` and `print!` for every command's output: a closed pipe
+/// (`bazaar status | head`) ends the process quietly with status 0, where
+/// std's versions panic. Declared first, so every module below uses them.
+#[macro_use]
+mod out {
+    macro_rules! println {
+        () => { $crate::write_stdout(format_args!("\n")) };
+        ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+    }
+    macro_rules! print {
+        ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+    }
+}
+
+/// Writes to stdout; see the `out` module.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("bazaar: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 pub mod bench;
 pub mod chaos;
 pub mod cluster;

@@ -56,7 +56,7 @@ impl Forwarder {
     /// waiting while a new leader catches up, within [`REQUEST_DEADLINE`].
     async fn with_leader<T, F, Fut>(&self, attempt: F) -> Result<T, ApiError>
     where
-        F: Fn(Current) -> Fut,
+        F: Fn(Current, Duration) -> Fut,
         Fut: std::future::Future<Output = Attempt<T>>,
     {
         let deadline = Instant::now() + REQUEST_DEADLINE;
@@ -64,7 +64,13 @@ impl Forwarder {
         let mut last = String::from("no attempt made");
         while Instant::now() < deadline {
             let current = self.selector.leader().await?;
-            match attempt(current.clone()).await {
+            // No attempt outlives the deadline, so the caller hears 503 from
+            // us before the server's request timeout answers 408.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match attempt(current.clone(), left.min(FORWARD_TIMEOUT)).await {
                 Attempt::Done(r) => return r,
                 Attempt::Wait(pause, why) => {
                     last = why;
@@ -87,11 +93,17 @@ impl Forwarder {
     }
 
     /// Sends one batch to `leader`.
-    async fn post_batch(&self, leader: &Current, body: &TradeBatch) -> Attempt<Vec<TradeAnswer>> {
+    async fn post_batch(
+        &self,
+        leader: &Current,
+        body: &TradeBatch,
+        timeout: Duration,
+    ) -> Attempt<Vec<TradeAnswer>> {
         let request = self
             .client
             .http()
             .post(format!("{}/orders/batch", leader.url))
+            .timeout(timeout)
             .json(body);
         let answer = self
             .client
@@ -111,8 +123,8 @@ impl Forwarder {
                 .collect(),
         };
         let body = &body;
-        self.with_leader(|leader| async move {
-            match self.post_batch(&leader, body).await {
+        self.with_leader(|leader, timeout| async move {
+            match self.post_batch(&leader, body, timeout).await {
                 Attempt::Done(Ok(mut answers)) if answers.len() == 1 => match answers.pop() {
                     Some(TradeAnswer::Retry { message, role }) => {
                         on_retry(role.unwrap_or(Role::Leader), message, true)
@@ -143,16 +155,19 @@ impl Forwarder {
             request_ids: request_ids.to_vec(),
         };
         let body = &body;
-        self.with_leader(|leader| async move { self.post_batch(&leader, body).await })
-            .await
+        self.with_leader(
+            |leader, timeout| async move { self.post_batch(&leader, body, timeout).await },
+        )
+        .await
     }
 
     pub async fn order(&self, number: u64) -> Result<Order, ApiError> {
-        self.with_leader(|leader| async move {
+        self.with_leader(|leader, timeout| async move {
             let request = self
                 .client
                 .http()
-                .get(format!("{}/orders/{number}", leader.url));
+                .get(format!("{}/orders/{number}", leader.url))
+                .timeout(timeout);
             let answer = self
                 .client
                 .send::<Data<Order>>(common::request_id::tag(request))
