@@ -24,7 +24,7 @@ use std::sync::Arc;
 use catalog::CatalogError;
 use catalog::rules::{self, Holding, Rejection};
 use catalog::store::Catalog;
-use common::storage::{Format, OpenError, StoreError};
+use common::storage::{Format, StoreError};
 use common::types::{
     ApplyBatch, ApplyConflict, OrderRecord, TradeCommand, TradeKind, TradeOutcome,
 };
@@ -579,32 +579,12 @@ fn highest_possible_order_numbers_are_errors_not_panics() {
 
 /// `Catalog::open` once the lock of a just-dropped handle is released.
 fn reopen(path: &Path) -> Result<Catalog, StoreError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Catalog::open(path) {
-            Err(StoreError::Open(OpenError::Locked { .. }))
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
+    common::storage::open_when_unlocked(|| Catalog::open(path))
 }
 
-/// Opens the sled directory a just-dropped catalog used. sled releases its
-/// file lock when its background flush work lets go of the database, a
-/// moment after the last handle is dropped, so wait for that (10 s at most).
+/// Opens the sled directory a just-dropped catalog used, once its lock is
+/// released.
 fn open_when_unlocked(path: &Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                assert!(std::time::Instant::now() < deadline, "still locked: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("sled: {e}"),
-        }
-    }
+    common::storage::open_when_unlocked(|| Ok(common::storage::open_db(path, "a test")?))
+        .expect("the database opens")
 }

@@ -161,6 +161,32 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
+/// Runs `open` until the database's lock is free: sled lets go of its file
+/// lock a moment after the last handle is dropped (once its background
+/// flush work ends), so a reopen right after a drop may find it held. Any
+/// other answer returns at once; after 10 s the last `Locked` is returned.
+pub fn open_when_unlocked<T>(
+    mut open: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut locked = None;
+    let opened = crate::wait::try_poll_blocking(
+        "the database's lock to be released",
+        std::time::Duration::from_secs(10),
+        crate::wait::POLL_EVERY,
+        || match open() {
+            Err(e @ StoreError::Open(OpenError::Locked { .. })) => {
+                locked = Some(e);
+                None
+            }
+            other => Some(other),
+        },
+    );
+    match opened {
+        Ok(result) => result,
+        Err(timed_out) => Err(locked.unwrap_or(StoreError::Engine(timed_out.to_string()))),
+    }
+}
+
 /// Opens (creating if needed) the sled directory of service `who`.
 pub fn open_db(path: &Path, who: &'static str) -> Result<sled::Db, OpenError> {
     let shown = path.display().to_string();

@@ -498,7 +498,9 @@ mod tests {
                 damage(&db);
                 db.flush().unwrap();
             }
-            let err = wait_unlocked(|| OrderLog::open(&path)).err().unwrap();
+            let err = storage::open_when_unlocked(|| OrderLog::open(&path))
+                .err()
+                .unwrap();
             assert!(err.to_string().contains(expected), "{expected}: {err}");
         }
     }
@@ -528,7 +530,7 @@ mod tests {
         };
         flip(1);
         let (tx, rx) = std::sync::mpsc::channel();
-        let log = wait_unlocked(|| {
+        let log = storage::open_when_unlocked(|| {
             let tx = tx.clone();
             let damage: OnDamage = Box::new(move |e| tx.send(e.to_string()).unwrap());
             OrderLog::open_with(&path, "order-1", Some(damage), small)
@@ -542,7 +544,7 @@ mod tests {
         drop(log);
         flip(1);
         flip(5);
-        let err = wait_unlocked(|| {
+        let err = storage::open_when_unlocked(|| {
             let damage: OnDamage = Box::new(|e| panic!("not reached: {e}"));
             OrderLog::open_with(&path, "order-1", Some(damage), small)
         })
@@ -575,7 +577,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let log = wait_unlocked(|| OrderLog::open(dir.path())).unwrap();
+        let log = storage::open_when_unlocked(|| OrderLog::open(dir.path())).unwrap();
         assert_eq!(log.format(), Format::Legacy);
         assert_eq!(log.epoch().unwrap(), 4);
         assert_eq!(log.by_key("k1").unwrap(), Some(1));
@@ -635,32 +637,8 @@ mod tests {
         }
     }
 
-    /// sled releases its lock a moment after the last handle is dropped.
-    fn wait_unlocked<T>(mut open: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match open() {
-                Err(StoreError::Open(common::storage::OpenError::Locked { .. }))
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => return other,
-            }
-        }
-    }
-
     fn open_when_unlocked(path: &Path) -> sled::Db {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match sled::open(path) {
-                Ok(db) => return db,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        storage::open_when_unlocked(|| Ok(storage::open_db(path, "a test")?))
+            .expect("the database opens")
     }
 }
