@@ -52,6 +52,10 @@ impl Readiness {
             }
             match s.catalog_seen {
                 Some(at) if now.duration_since(at) < CATALOG_SILENCE_BOUND => Ok(()),
+                // The first probe is still under way: nothing speaks against
+                // this replica yet (a front-end starting with the cluster
+                // must still pick the highest id).
+                None if s.catalog_error.is_none() => Ok(()),
                 seen => Err(format!(
                     "no usable answer from the catalog {}: {}",
                     seen.map_or("since start".to_string(), |at| format!(
