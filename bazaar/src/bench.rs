@@ -1,16 +1,26 @@
 //! `bazaar bench`: throughput and latency of every request path, measured
-//! in the same run as a baseline (a bare axum server in this process
-//! answering the same JSON from memory: the limit of this machine now).
+//! in the same run as two baselines (a bare axum server answering the same
+//! JSON from memory, in this process and in a child process: the limit of
+//! this machine now), the floor of a trade (a flush of its size on the same
+//! disk, a loopback round trip), the CPU each service spends per trade and
+//! its memory; then a verdict against each performance goal.
 //!
 //! This file runs the phases and holds the report; `load` is the
 //! closed-loop load generator, `baseline` the bare server, `memory` the RSS
-//! sampling; `fill` is `bazaar bench --fill N` (memory, restart, catch-up
-//! and dump times as the log grows).
+//! sampling, `cpu` the CPU accounting, `goals` the floor and the verdicts;
+//! `fill` is `bazaar bench --fill N` (memory, restart, catch-up and dump
+//! times as the log grows).
 
 mod baseline;
+mod cpu;
 pub mod fill;
+mod goals;
 mod load;
 mod memory;
+
+pub use baseline::serve_child as serve_baseline;
+pub use cpu::ServiceCpu;
+pub use goals::{Floor, Goal};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -80,6 +90,13 @@ pub struct BenchReport {
     pub frontends: u32,
     pub phases: Vec<Phase>,
     pub rss: Vec<Rss>,
+    /// CPU of each service over the multi-connection trade phase, per
+    /// durable trade.
+    pub trade_cpu: Vec<ServiceCpu>,
+    /// The floor of one trade, measured in this run.
+    pub floor: Floor,
+    /// One verdict per performance goal (docs/PERFORMANCE.md).
+    pub goals: Vec<Goal>,
 }
 
 fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
@@ -105,6 +122,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let base = [baseline::server().await?];
     phases.push(measure("baseline", &base, Workload::Get(hot.clone()), 1, d).await);
     phases.push(measure("baseline", &base, Workload::Get(hot.clone()), c, d).await);
+    {
+        let (_child, addr) = baseline::child().await?;
+        let base = [addr];
+        let name = goals::CHILD_BASELINE;
+        phases.push(measure(name, &base, Workload::Get(hot.clone()), 1, d).await);
+        phases.push(measure(name, &base, Workload::Get(hot.clone()), c, d).await);
+    }
 
     let mut scratch = Scratch::start(&ScratchOptions {
         cache_size: 5,
@@ -153,6 +177,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         pids.iter().map(|(_, p)| *p).collect(),
         stop,
     ));
+    let flushes_before = goals::cluster_flushes(&scratch).await;
     phases.push(
         measure(
             "trade",
@@ -163,7 +188,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         )
         .await,
     );
-    phases.push(measure("trade", frontend, Workload::Trades(trade_names), c, d).await);
+    let flushes = goals::cluster_flushes(&scratch)
+        .await
+        .since(&flushes_before);
+    let cpu_before = cpu::mark(&pids);
+    let trades = measure("trade", frontend, Workload::Trades(trade_names), c, d).await;
+    let trade_cpu = cpu::since(&pids, &cpu_before, trades.requests - trades.errors);
+    phases.push(trades);
     let _ = stop_sampling.send(());
     let samples = sampler.await?;
     let rss = memory::summarize(&pids, &samples);
@@ -210,10 +241,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     );
     phases.push(measure("uncached lookup", frontend, Workload::Get(hot), c, d).await);
     scratch.cluster.stop_all().await?;
+    let floor = goals::floor(scratch.dir.path(), flushes, &phases).await?;
 
     let at_baseline: HashMap<usize, (f64, f64)> = phases
         .iter()
-        .filter(|p| p.name == "baseline")
+        .filter(|p| p.name == goals::BASELINE)
         .map(|p| (p.connections, (p.rps, p.p50_us)))
         .collect();
     for p in &mut phases {
@@ -222,6 +254,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             p.p50_ratio = p.p50_us / p50.max(1e-9);
         }
     }
+    let goals = goals::verdicts(&phases, &trade_cpu, &rss, &floor);
     Ok(BenchReport {
         nproc: std::thread::available_parallelism().map_or(0, usize::from),
         memory_kib: memory::machine_kib(),
@@ -229,5 +262,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         frontends: opts.frontends,
         phases,
         rss,
+        trade_cpu,
+        floor,
+        goals,
     })
 }

@@ -63,6 +63,10 @@ enum Cmd {
     Chaos(ChaosArgs),
     /// Measure every request path against a bare in-process baseline server.
     Bench(BenchArgs),
+    /// The bare baseline server `bazaar bench` starts as a child process:
+    /// prints `listening on <addr>` and serves until stdin closes.
+    #[command(hide = true)]
+    BenchBaseline,
 }
 
 #[derive(Debug, clap::Args)]
@@ -310,6 +314,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Eval(args) => return eval(args).await,
         Cmd::Chaos(args) => return chaos(args).await,
         Cmd::Bench(args) => return bench(args).await,
+        Cmd::BenchBaseline => return bazaar::bench::serve_baseline().await,
         Cmd::Status { json } => {
             // Under `bazaar up --frontends N`, the config it runs on.
             let config = Config::load(&bazaar::up::cluster_config_path(&cli.config))?;

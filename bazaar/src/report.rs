@@ -61,12 +61,12 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
         }
     );
     println!(
-        "{:<18}{:>6}{:>11}{:>10}{:>10}{:>10}{:>8}{:>9}{:>8}",
+        "{:<24}{:>6}{:>11}{:>10}{:>10}{:>10}{:>8}{:>9}{:>8}",
         "phase", "conns", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "errors", "×rps", "×p50"
     );
     for p in &report.phases {
         println!(
-            "{:<18}{:>6}{:>11.0}{:>10.0}{:>10.0}{:>10.0}{:>8}{:>9.3}{:>8.2}",
+            "{:<24}{:>6}{:>11.0}{:>10.0}{:>10.0}{:>10.0}{:>8}{:>9.3}{:>8.2}",
             p.name,
             p.connections,
             p.rps,
@@ -88,6 +88,47 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
             r.peak_kib,
             r.growth_pct,
             r.second_half_growth_pct
+        );
+    }
+    println!(
+        "cpu per durable trade (64-connection phase): {}",
+        report
+            .trade_cpu
+            .iter()
+            .map(|c| format!("{} {:.0} µs", c.service, c.us_per_request))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let f = &report.floor;
+    println!(
+        "floor of one trade: {:.0} µs = catalog flush {:.0} µs + replica flush {:.0} µs + {} × round trip {:.0} µs ({})",
+        f.floor_us,
+        f.catalog_flush_us,
+        f.replica_flush_us,
+        f.hops,
+        f.round_trip_us,
+        f.critical_path
+    );
+    println!(
+        "flushes in the cluster during the one-connection trades: {}",
+        f.in_cluster
+            .iter()
+            .map(|c| format!("{} {} × {:.0} µs", c.service, c.flushes, c.mean_us))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("{:<68}{:>12}{:>12}  verdict", "goal", "measured", "bound");
+    for g in &report.goals {
+        println!(
+            "{:<68}{:>10.2} {:<2}{:>2}{:>7.2} {:<2} {}  ({})",
+            g.goal,
+            g.measured,
+            g.unit,
+            g.compare,
+            g.bound,
+            g.unit,
+            if g.met { "met" } else { "NOT MET" },
+            g.detail
         );
     }
     Ok(())

@@ -18,6 +18,7 @@ async fn every_bench_phase_completes_without_errors() {
     let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();
     for phase in [
         "baseline",
+        "baseline (own process)",
         "cached lookup",
         "uncached lookup",
         "trade",
@@ -34,6 +35,30 @@ async fn every_bench_phase_completes_without_errors() {
         assert!(p.requests > 0, "{p:?}");
     }
     assert_eq!(report.rss.len(), 5);
+    // CPU per trade of every service, the floor's parts, and a verdict
+    // for each goal: present and sane, never judged here.
+    assert_eq!(report.trade_cpu.len(), 5, "{:?}", report.trade_cpu);
+    assert!(
+        report.trade_cpu.iter().any(|c| c.cpu_ms > 0.0),
+        "{:?}",
+        report.trade_cpu
+    );
+    let f = &report.floor;
+    assert!(
+        f.replica_flush_us > 0.0 && f.catalog_flush_us > 0.0 && f.round_trip_us > 0.0,
+        "{f:?}"
+    );
+    assert_eq!(f.in_cluster.len(), 4, "{f:?}");
+    assert!(f.in_cluster.iter().all(|c| c.flushes > 0), "{f:?}");
+    assert_eq!(report.goals.len(), 6, "{:?}", report.goals);
+    assert!(
+        report
+            .goals
+            .iter()
+            .all(|g| g.measured.is_finite() && g.measured >= 0.0),
+        "{:?}",
+        report.goals
+    );
     for r in &report.rss {
         assert!(r.start_kib > 0 && r.mid_kib > 0 && r.end_kib > 0, "{r:?}");
         assert!(

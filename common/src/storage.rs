@@ -19,6 +19,7 @@
 
 mod codec;
 pub mod dump;
+pub mod floor;
 mod health;
 pub mod scan;
 

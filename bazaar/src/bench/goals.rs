@@ -1,0 +1,277 @@
+//! The goals `bazaar bench` judges (docs/PERFORMANCE.md) and the floor of a
+//! trade they are judged against, measured in the same run.
+//!
+//! The design's critical path of one trade: front-end → leader → catalog
+//! (it applies, numbers and flushes) → leader, which flushes its log while
+//! the followers receive and flush theirs → front-end. That is two flushes
+//! in a row (the catalog's, then the replicas' in parallel) and four
+//! loopback round trips (caller → front-end, front-end → leader, leader →
+//! catalog, leader → follower). The floor is those, each measured here:
+//! the flushes as a write of one trade's size and a flush in a fresh
+//! database on the cluster's disk, the round trip as the one-connection
+//! p50 of the bare baseline server in its own process.
+
+use std::path::Path;
+
+use anyhow::Context;
+use common::storage::floor::flush_times;
+use serde::Serialize;
+
+use super::{Phase, Rss, ServiceCpu};
+use crate::cluster::Service;
+use crate::scratch::Scratch;
+
+/// The bare baseline in this process (as before).
+pub(super) const BASELINE: &str = "baseline";
+/// The bare baseline in a child process.
+pub(super) const CHILD_BASELINE: &str = "baseline (own process)";
+
+/// Loopback round trips on the critical path of one trade.
+const HOPS: u32 = 4;
+/// Flushes timed for each floor figure.
+const FLOOR_FLUSHES: usize = 200;
+
+/// One service's flushes over the one-connection trade phase, from its
+/// `bazaar_sled_flush_seconds` histogram.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterFlush {
+    pub service: String,
+    pub flushes: u64,
+    pub mean_us: f64,
+}
+
+/// The floor of one trade and what it is made of.
+#[derive(Debug, Clone, Serialize)]
+pub struct Floor {
+    pub critical_path: String,
+    /// p50 of a flush after writing one order record and its key (two
+    /// trees), as a replica does for a trade.
+    pub replica_flush_us: f64,
+    /// p50 of a flush after writing three records (stock, applied order,
+    /// sequence), as the catalog does for a trade.
+    pub catalog_flush_us: f64,
+    /// One-connection p50 of the baseline in its own process.
+    pub round_trip_us: f64,
+    pub hops: u32,
+    /// catalog flush + replica flush + hops × round trip.
+    pub floor_us: f64,
+    /// The services' own flushes while the one-connection trade phase ran.
+    pub in_cluster: Vec<ClusterFlush>,
+}
+
+/// One goal: what was measured, the bound, and whether it holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: f64,
+    pub bound: f64,
+    /// How the measured figure compares with the bound (`≥`, `≤`).
+    pub compare: String,
+    pub unit: String,
+    pub met: bool,
+    pub detail: String,
+}
+
+/// Sums and counts of every store's flush histogram at one moment.
+pub(super) struct FlushTotals(Vec<(String, f64, f64)>);
+
+impl FlushTotals {
+    pub(super) fn since(&self, before: &FlushTotals) -> Vec<ClusterFlush> {
+        self.0
+            .iter()
+            .map(|(service, sum, count)| {
+                let (s0, c0) = before
+                    .0
+                    .iter()
+                    .find(|(s, ..)| s == service)
+                    .map_or((0.0, 0.0), |(_, s, c)| (*s, *c));
+                let n = (count - c0).max(0.0);
+                ClusterFlush {
+                    service: service.clone(),
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    flushes: n as u64,
+                    mean_us: if n > 0.0 { (sum - s0) / n * 1e6 } else { 0.0 },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Reads the flush histograms of the catalog and every replica (a replica
+/// named with its role, `order-3 (leader)`).
+pub(super) async fn cluster_flushes(scratch: &Scratch) -> FlushTotals {
+    let client = reqwest::Client::new();
+    let mut totals = Vec::new();
+    for s in scratch.cluster.services() {
+        if matches!(s, Service::Frontend(_)) {
+            continue;
+        }
+        let mut name = s.to_string();
+        if let Service::Order(_) = s
+            && let Some(h) = scratch.cluster.health(s).await
+        {
+            name = format!("{name} ({})", h.role.as_str());
+        }
+        let text = match client
+            .get(format!("{}/metrics", scratch.cluster.url(s)))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = |metric: &str| {
+            text.lines()
+                .find(|l| l.starts_with(metric))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        totals.push((
+            name,
+            value("bazaar_sled_flush_seconds_sum"),
+            value("bazaar_sled_flush_seconds_count"),
+        ));
+    }
+    FlushTotals(totals)
+}
+
+fn p50_us(times: &mut [std::time::Duration]) -> f64 {
+    times.sort_unstable();
+    times
+        .get(times.len() / 2)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+}
+
+fn phase<'a>(phases: &'a [Phase], name: &str, connections_one: bool) -> Option<&'a Phase> {
+    phases
+        .iter()
+        .filter(|p| p.name == name)
+        .find(|p| (p.connections == 1) == connections_one)
+}
+
+/// Measures the floor on the disk of `dir` (the scratch cluster's).
+pub(super) async fn floor(
+    dir: &Path,
+    in_cluster: Vec<ClusterFlush>,
+    phases: &[Phase],
+) -> anyhow::Result<Floor> {
+    let probe = dir.join("flush-floor");
+    let (replica, catalog) = tokio::task::spawn_blocking({
+        let probe = probe.clone();
+        move || -> anyhow::Result<_> {
+            let mut replica = flush_times(&probe.join("replica"), 2, FLOOR_FLUSHES)?;
+            let mut catalog = flush_times(&probe.join("catalog"), 3, FLOOR_FLUSHES)?;
+            Ok((p50_us(&mut replica), p50_us(&mut catalog)))
+        }
+    })
+    .await
+    .context("the flush probe panicked")??;
+    let _ = std::fs::remove_dir_all(&probe);
+    let round_trip = phase(phases, CHILD_BASELINE, true).map_or(0.0, |p| p.p50_us);
+    Ok(Floor {
+        critical_path: "catalog flush, then the replicas' flushes in parallel; \
+                        caller→front-end, front-end→leader, leader→catalog, leader→follower"
+            .into(),
+        replica_flush_us: replica,
+        catalog_flush_us: catalog,
+        round_trip_us: round_trip,
+        hops: HOPS,
+        floor_us: catalog + replica + f64::from(HOPS) * round_trip,
+        in_cluster,
+    })
+}
+
+/// The goals of docs/PERFORMANCE.md against this run's figures.
+pub(super) fn verdicts(
+    phases: &[Phase],
+    cpu: &[ServiceCpu],
+    rss: &[Rss],
+    floor: &Floor,
+) -> Vec<Goal> {
+    let rps = |name, one| phase(phases, name, one).map_or(0.0, |p| p.rps);
+    let mut goals = Vec::new();
+    let mut goal = |goal: &str, measured: f64, bound: f64, at_least: bool, unit: &str, detail| {
+        goals.push(Goal {
+            goal: goal.into(),
+            measured,
+            bound,
+            compare: if at_least { "≥" } else { "≤" }.into(),
+            unit: unit.into(),
+            met: if at_least {
+                measured >= bound
+            } else {
+                measured <= bound
+            },
+            detail,
+        });
+    };
+    let (trades, base) = (rps("trade", false), rps(BASELINE, false));
+    goal(
+        "trades at many connections / baseline",
+        trades / base.max(1e-9),
+        0.15,
+        true,
+        "×",
+        format!("{trades:.0} trades/s vs {base:.0} req/s"),
+    );
+    let total: f64 = cpu.iter().map(|c| c.us_per_request).sum();
+    goal(
+        "cluster CPU per trade",
+        total,
+        100.0,
+        false,
+        "µs",
+        cpu.iter()
+            .map(|c| format!("{} {:.0}", c.service, c.us_per_request))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let single = phase(phases, "trade", true).map_or(0.0, |p| p.p50_us);
+    goal(
+        "single trade p50 / floor",
+        single / floor.floor_us.max(1e-9),
+        1.3,
+        false,
+        "×",
+        format!("{single:.0} µs vs floor {:.0} µs", floor.floor_us),
+    );
+    let (cached, child) = (rps("cached lookup", false), rps(CHILD_BASELINE, false));
+    goal(
+        "cached lookups at many connections / baseline in its own process",
+        cached / child.max(1e-9),
+        0.8,
+        true,
+        "×",
+        format!("{cached:.0} req/s vs {child:.0} (own process) and {base:.0} (in process)"),
+    );
+    let peak = rss.iter().map(|r| r.end_kib).max().unwrap_or(0);
+    #[allow(clippy::cast_precision_loss)]
+    goal(
+        "largest service RSS at the end of the trade phases",
+        peak as f64 / 1024.0,
+        64.0,
+        false,
+        "MiB",
+        rss.iter()
+            .map(|r| format!("{} {:.1}", r.service, r.end_kib as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let worst = rss
+        .iter()
+        .map(|r| r.second_half_growth_pct.abs())
+        .fold(0.0, f64::max);
+    goal(
+        "RSS growth over the second half of the trade phases",
+        worst,
+        10.0,
+        false,
+        "%",
+        rss.iter()
+            .map(|r| format!("{} {:+.1}", r.service, r.second_half_growth_pct))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    goals
+}
