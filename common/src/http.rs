@@ -125,36 +125,40 @@ pub async fn serve(
 /// time spent draining.
 pub const DRAIN_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Wraps a router in the body limit, request timeout, load shedding and the
-/// JSON error mapping.
+/// Wraps a router in the request id, the JSON error mapping, load
+/// shedding, the request timeout and the body limits.
+///
+/// The layers wrap the router as one service, not each route (which is what
+/// `Router::layer` does): a per-route layer clones its inner route, boxed,
+/// on every request, which cost about a tenth of the front-end's CPU on
+/// cached lookups. Outermost first, so the request id is on every answer,
+/// also a 408, 413 or 503 the layers give themselves.
 pub fn with_limits(router: Router, limits: Limits) -> Router {
     let max = limits.max_body_bytes;
-    router
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        // Refuses a body whose Content-Length is over the limit before it
-        // is read: without it such a request waits for its body until the
-        // request timeout (408) instead of getting 413 at once.
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            refuse_oversized(max, req, next)
+    let stack = ServiceBuilder::new()
+        .layer(middleware::from_fn(crate::request_id::middleware))
+        .layer(middleware::from_fn(json_errors))
+        .layer(HandleErrorLayer::new(|e: BoxError| async move {
+            ApiError::unavailable(format!("server overloaded: {e}"))
         }))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_in_flight,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|e: BoxError| async move {
-                    ApiError::unavailable(format!("server overloaded: {e}"))
-                }))
-                .load_shed()
-                // Global: `Router::layer` puts a copy of the layer on every
-                // route, and a plain concurrency limit would count per route.
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                    limits.max_in_flight,
-                )),
-        )
-        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            refuse_oversized(max, req, next)
+        }))
+        // Refuses a body whose Content-Length is over the limit before it
+        // is read: without it such a request waits for its body until the
+        // request timeout (408) instead of getting 413 at once.
+        .layer(RequestBodyLimitLayer::new(max))
+        .layer(DefaultBodyLimit::max(max))
+        .service(router);
+    Router::new().fallback_service(stack)
 }
 
 /// Answers 413 to a request whose declared body is over `max`, after

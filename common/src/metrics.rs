@@ -76,8 +76,9 @@ impl MetricsBuilder {
         MetricsBuilder { registry, http }
     }
 
-    /// Wraps `router` so every request is counted, timed and given a
-    /// request id, and adds `GET /metrics`.
+    /// Wraps `router` so every request is counted and timed (by route:
+    /// this layer is per route, to see the matched path), and adds
+    /// `GET /metrics`. The request id comes from `http::with_limits`.
     pub fn finish(self, router: Router) -> Router {
         let registry = Arc::new(self.registry);
         let metrics = Router::new()
@@ -86,7 +87,6 @@ impl MetricsBuilder {
         router
             .merge(metrics)
             .layer(axum::middleware::from_fn_with_state(self.http, track))
-            .layer(axum::middleware::from_fn(crate::request_id::middleware))
     }
 }
 
