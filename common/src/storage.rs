@@ -41,9 +41,10 @@ pub use scan::{Bounds, EAGER_LIMIT, Scan, ScanState, TAIL};
 pub const ENGINE: &str = "sled";
 
 /// sled's page cache per database. sled's default is 1 GiB, so a replica's
-/// memory would grow with its log until then; 32 MiB holds the hot end of
-/// the log and the whole catalog, and bounds each process.
-pub const CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
+/// memory would grow with its log until then. 8 MiB holds the hot end of
+/// the log and the whole catalog; 32 MiB (before) cost more resident memory
+/// as the log grew than the cache itself is (docs/PERFORMANCE.md).
+pub const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
 
 /// Most records one page of a range (`GET /log`, `GET /applied`) returns;
 /// bounds response size and memory.
