@@ -61,7 +61,9 @@ enum Cmd {
     /// every guarantee. Exit code 1 on any violation (the data and history
     /// are kept).
     Chaos(ChaosArgs),
-    /// Measure every request path against a bare in-process baseline server.
+    /// Measure every request path against a bare baseline server (in this
+    /// process and in its own), the floor of a trade and each service's CPU
+    /// and memory, with a verdict per goal (docs/PERFORMANCE.md).
     Bench(BenchArgs),
     /// The bare baseline server `bazaar bench` starts as a child process:
     /// prints `listening on <addr>` and serves until stdin closes.

@@ -6,8 +6,8 @@ use std::path::Path;
 use common::types::{ClusterStatus, ServiceStatus};
 use serde::Serialize;
 
-use crate::bench::BenchReport;
 use crate::bench::fill::FillReport;
+use crate::bench::{BenchReport, Goal};
 use crate::chaos::ChaosReport;
 use crate::eval::{EvalRow, FailoverReport};
 use crate::status::UpView;
@@ -117,8 +117,14 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    goals(&report.goals);
+    Ok(())
+}
+
+/// The verdict table of `bazaar bench` and `bazaar bench --fill N`.
+fn goals(goals: &[Goal]) {
     println!("{:<68}{:>12}{:>12}  verdict", "goal", "measured", "bound");
-    for g in &report.goals {
+    for g in goals {
         println!(
             "{:<68}{:>10.2} {:<2}{:>2}{:>7.2} {:<2} {}  ({})",
             g.goal,
@@ -131,7 +137,6 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
             g.detail
         );
     }
-    Ok(())
 }
 
 /// `bazaar bench --fill N`: the fill, then per checkpoint every service's
@@ -203,6 +208,7 @@ pub fn fill(report: &FillReport, as_json: bool) -> anyhow::Result<()> {
             mib(c.empty_catch_up.rss_kib)
         );
     }
+    goals(&report.goals);
     Ok(())
 }
 

@@ -72,6 +72,31 @@ pub struct Goal {
     pub detail: String,
 }
 
+impl Goal {
+    fn new(
+        goal: &str,
+        measured: f64,
+        bound: f64,
+        at_least: bool,
+        unit: &str,
+        detail: String,
+    ) -> Goal {
+        Goal {
+            goal: goal.into(),
+            measured,
+            bound,
+            compare: if at_least { "≥" } else { "≤" }.into(),
+            unit: unit.into(),
+            met: if at_least {
+                measured >= bound
+            } else {
+                measured <= bound
+            },
+            detail,
+        }
+    }
+}
+
 /// Sums and counts of every store's flush histogram at one moment.
 pub(super) struct FlushTotals(Vec<(String, f64, f64)>);
 
@@ -191,20 +216,8 @@ pub(super) fn verdicts(
 ) -> Vec<Goal> {
     let rps = |name, one| phase(phases, name, one).map_or(0.0, |p| p.rps);
     let mut goals = Vec::new();
-    let mut goal = |goal: &str, measured: f64, bound: f64, at_least: bool, unit: &str, detail| {
-        goals.push(Goal {
-            goal: goal.into(),
-            measured,
-            bound,
-            compare: if at_least { "≥" } else { "≤" }.into(),
-            unit: unit.into(),
-            met: if at_least {
-                measured >= bound
-            } else {
-                measured <= bound
-            },
-            detail,
-        });
+    let mut goal = |name: &str, measured: f64, bound: f64, at_least: bool, unit: &str, detail| {
+        goals.push(Goal::new(name, measured, bound, at_least, unit, detail));
     };
     let (trades, base) = (rps("trade", false), rps(BASELINE, false));
     goal(
@@ -274,4 +287,110 @@ pub(super) fn verdicts(
             .join(", "),
     );
     goals
+}
+
+/// The goals of `bazaar bench --fill N`: every service's RSS at the last
+/// checkpoint, and restart and empty catch-up times growing no faster than
+/// the log (time per order at the last checkpoint over the first,
+/// with a fifth of slack for the machine's spread).
+pub(super) fn fill_verdicts(checkpoints: &[super::fill::Checkpoint]) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let Some(last) = checkpoints.last() else {
+        return goals;
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let largest = last.rss.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+    goals.push(Goal::new(
+        &format!("largest service RSS at {} orders", last.orders),
+        mib(largest),
+        64.0,
+        false,
+        "MiB",
+        last.rss
+            .iter()
+            .map(|r| format!("{} {:.1}", r.service, mib(r.rss_kib)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
+    let first = &checkpoints[0];
+    if checkpoints.len() < 2 || first.orders == 0 {
+        return goals;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let per_order = |ms: f64, c: &super::fill::Checkpoint| ms / c.orders.max(1) as f64;
+    type Figure = fn(&super::fill::Checkpoint) -> f64;
+    let figures: [(&str, Figure); 2] = [
+        ("restart", |c| c.restart.ms),
+        ("empty catch-up", |c| c.empty_catch_up.ms),
+    ];
+    for (what, at) in figures {
+        goals.push(Goal::new(
+            &format!(
+                "{what} time per order at {} / at {} orders",
+                last.orders, first.orders
+            ),
+            per_order(at(last), last) / per_order(at(first), first).max(1e-12),
+            1.2,
+            false,
+            "×",
+            format!(
+                "{:.0} ms at {} orders, {:.0} ms at {}",
+                at(first),
+                first.orders,
+                at(last),
+                last.orders
+            ),
+        ));
+    }
+    goals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fill::{Checkpoint, Dump, Rejoin, ServiceRss};
+    use super::*;
+
+    fn checkpoint(orders: u64, ms: f64, rss_kib: u64) -> Checkpoint {
+        let rejoin = |ms| Rejoin {
+            service: "order-1".into(),
+            ms,
+            rss_kib,
+        };
+        Checkpoint {
+            orders,
+            highest: orders - 1,
+            fill_rate: 1.0,
+            rss: vec![ServiceRss {
+                service: "order-1".into(),
+                rss_kib,
+            }],
+            dumps: vec![Dump {
+                command: "order dump --id 1".into(),
+                ms,
+                lines: orders,
+            }],
+            restart: rejoin(ms),
+            empty_catch_up: rejoin(ms),
+        }
+    }
+
+    #[test]
+    fn fill_verdicts_judge_memory_and_growth_per_order() {
+        // Ten times the orders in ten times the time: linear, met.
+        let linear = fill_verdicts(&[
+            checkpoint(100_000, 100.0, 40 * 1024),
+            checkpoint(1_000_000, 1000.0, 60 * 1024),
+        ]);
+        assert_eq!(linear.len(), 3, "{linear:?}");
+        assert!(linear.iter().all(|g| g.met), "{linear:?}");
+        // Thirty times the time, and 65 MiB: every goal missed.
+        let worse = fill_verdicts(&[
+            checkpoint(100_000, 100.0, 40 * 1024),
+            checkpoint(1_000_000, 3000.0, 65 * 1024),
+        ]);
+        assert!(worse.iter().all(|g| !g.met), "{worse:?}");
+        assert!((worse[1].measured - 3.0).abs() < 1e-9, "{worse:?}");
+        assert!(fill_verdicts(&[]).is_empty());
+    }
 }
