@@ -412,6 +412,43 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
+    /// The layers' own answers (413 for a body over the limit, 404 for an
+    /// unknown route) carry the request id too: the caller's when it sent
+    /// one, else a fresh one.
+    #[tokio::test]
+    async fn the_layers_own_answers_carry_the_request_id() {
+        use axum::body::Body;
+        use axum::routing::post;
+        use tower::ServiceExt;
+
+        let app = with_limits(
+            Router::new().route("/orders", post(|| async { "ok" })),
+            Limits::PUBLIC,
+        );
+        let too_large = Limits::PUBLIC.max_body_bytes + 1;
+        let request = Request::post("/orders")
+            .header(header::CONTENT_LENGTH, too_large)
+            .header(crate::request_id::REQUEST_ID_HEADER, "caller-id-1")
+            .body(Body::from(vec![b'a'; too_large]))
+            .expect("a request");
+        let response = app.clone().oneshot(request).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            response.headers().get(crate::request_id::REQUEST_ID_HEADER),
+            Some(&HeaderValue::from_static("caller-id-1"))
+        );
+        let request = Request::get("/nowhere")
+            .body(Body::empty())
+            .expect("a request");
+        let response = app.oneshot(request).await.expect("an answer");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let id = response
+            .headers()
+            .get(crate::request_id::REQUEST_ID_HEADER)
+            .expect("a fresh request id");
+        assert_eq!(id.len(), 16, "{id:?}");
+    }
+
     #[tokio::test]
     async fn the_in_flight_limit_counts_every_route_together() {
         use axum::body::Body;
