@@ -90,6 +90,17 @@ impl MetricsBuilder {
     }
 }
 
+/// The value of the first sample of metric `name` (any labels) in a
+/// `/metrics` text, parsed as `T`; `None` when there is none.
+pub fn sample<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
+
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
@@ -187,6 +198,15 @@ impl FlushMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_is_found_by_its_whole_name() {
+        let text = "# TYPE x counter\nbazaar_x_total_created{service=\"a\"} 9\n\
+                    bazaar_x_total{service=\"a\"} 3\nbazaar_y 2.5\n";
+        assert_eq!(sample::<u64>(text, "bazaar_x_total"), Some(3));
+        assert_eq!(sample::<f64>(text, "bazaar_y"), Some(2.5));
+        assert_eq!(sample::<u64>(text, "bazaar_x"), None);
+    }
 
     #[test]
     fn flush_metrics_bring_the_storage_error_count() {

@@ -30,6 +30,8 @@ pub(super) const CHILD_BASELINE: &str = "baseline (own process)";
 const HOPS: u32 = 4;
 /// Flushes timed for each floor figure.
 const FLOOR_FLUSHES: usize = 200;
+/// Time a service gets to answer `GET /metrics`.
+const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One service's flushes over the one-connection trade phase, from its
 /// `bazaar_sled_flush_seconds` histogram.
@@ -125,7 +127,7 @@ impl FlushTotals {
 /// Reads the flush histograms of the catalog and every replica (a replica
 /// named with its role, `order-3 (leader)`).
 pub(super) async fn cluster_flushes(scratch: &Scratch) -> FlushTotals {
-    let client = reqwest::Client::new();
+    let client = common::http::internal_client(METRICS_TIMEOUT, None);
     let mut totals = Vec::new();
     for s in scratch.cluster.services() {
         if matches!(s, Service::Frontend(_)) {
@@ -145,13 +147,7 @@ pub(super) async fn cluster_flushes(scratch: &Scratch) -> FlushTotals {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        let value = |metric: &str| {
-            text.lines()
-                .find(|l| l.starts_with(metric))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let value = |metric: &str| common::metrics::sample(&text, metric).unwrap_or(0.0);
         totals.push((
             name,
             value("bazaar_sled_flush_seconds_sum"),
@@ -207,6 +203,16 @@ pub(super) async fn floor(
     })
 }
 
+/// `service figure, service figure, ...` for a goal's detail.
+fn each<T>(items: &[T], show: impl Fn(&T) -> String) -> String {
+    items.iter().map(show).collect::<Vec<_>>().join(", ")
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 /// The goals of docs/PERFORMANCE.md against this run's figures.
 pub(super) fn verdicts(
     phases: &[Phase],
@@ -235,10 +241,7 @@ pub(super) fn verdicts(
         100.0,
         false,
         "µs",
-        cpu.iter()
-            .map(|c| format!("{} {:.0}", c.service, c.us_per_request))
-            .collect::<Vec<_>>()
-            .join(", "),
+        each(cpu, |c| format!("{} {:.0}", c.service, c.us_per_request)),
     );
     let single = phase(phases, "trade", true).map_or(0.0, |p| p.p50_us);
     goal(
@@ -258,18 +261,14 @@ pub(super) fn verdicts(
         "×",
         format!("{cached:.0} req/s vs {child:.0} (own process) and {base:.0} (in process)"),
     );
-    let peak = rss.iter().map(|r| r.end_kib).max().unwrap_or(0);
-    #[allow(clippy::cast_precision_loss)]
+    let largest = rss.iter().map(|r| r.end_kib).max().unwrap_or(0);
     goal(
         "largest service RSS at the end of the trade phases",
-        peak as f64 / 1024.0,
+        mib(largest),
         64.0,
         false,
         "MiB",
-        rss.iter()
-            .map(|r| format!("{} {:.1}", r.service, r.end_kib as f64 / 1024.0))
-            .collect::<Vec<_>>()
-            .join(", "),
+        each(rss, |r| format!("{} {:.1}", r.service, mib(r.end_kib))),
     );
     let worst = rss
         .iter()
@@ -281,10 +280,9 @@ pub(super) fn verdicts(
         10.0,
         false,
         "%",
-        rss.iter()
-            .map(|r| format!("{} {:+.1}", r.service, r.second_half_growth_pct))
-            .collect::<Vec<_>>()
-            .join(", "),
+        each(rss, |r| {
+            format!("{} {:+.1}", r.service, r.second_half_growth_pct)
+        }),
     );
     goals
 }
@@ -298,8 +296,6 @@ pub(super) fn fill_verdicts(checkpoints: &[super::fill::Checkpoint]) -> Vec<Goal
     let Some(last) = checkpoints.last() else {
         return goals;
     };
-    #[allow(clippy::cast_precision_loss)]
-    let mib = |kib: u64| kib as f64 / 1024.0;
     let largest = last.rss.iter().map(|r| r.rss_kib).max().unwrap_or(0);
     goals.push(Goal::new(
         &format!("largest service RSS at {} orders", last.orders),
@@ -307,14 +303,12 @@ pub(super) fn fill_verdicts(checkpoints: &[super::fill::Checkpoint]) -> Vec<Goal
         64.0,
         false,
         "MiB",
-        last.rss
-            .iter()
-            .map(|r| format!("{} {:.1}", r.service, mib(r.rss_kib)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        each(&last.rss, |r| {
+            format!("{} {:.1}", r.service, mib(r.rss_kib))
+        }),
     ));
     let first = &checkpoints[0];
-    if checkpoints.len() < 2 || first.orders == 0 {
+    if checkpoints.len() < 2 {
         return goals;
     }
     #[allow(clippy::cast_precision_loss)]

@@ -328,9 +328,7 @@ pub async fn heal(rig: &mut Rig, action: &Action) -> anyhow::Result<Vec<String>>
 async fn lease_lapses(rig: &Rig, http: &reqwest::Client, s: Service) -> Option<u64> {
     let url = format!("{}/metrics", rig.scratch.cluster.url(s));
     let text = http.get(url).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("bazaar_cache_lease_lapses_total"))
-        .and_then(|rest| rest.split_whitespace().last()?.parse().ok())
+    common::metrics::sample(&text, "bazaar_cache_lease_lapses_total")
 }
 
 /// Lets `action` last `down`, watching what the services it hits say on
