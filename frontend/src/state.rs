@@ -16,8 +16,9 @@ use crate::selection::Selector;
 pub const CATALOG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every route shares, behind one `Arc`: axum clones the state for
-/// every request (more than once through the layers), and a clone of the
-/// fields one by one cost a tenth of the front-end's CPU on cached lookups.
+/// every request (more than once through the layers), and cloning and
+/// dropping the fields one by one was about 14% of the front-end's samples
+/// on cached lookups (`perf record`, docs/PERFORMANCE.md).
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
