@@ -11,12 +11,15 @@
 //! - the one [`StoreError`], big-endian number keys (so `last()` and range
 //!   scans are numeric), the next number after the last key;
 //! - [`scan`]: the start-up check of every record, bounded in time;
+//! - [`archive`]: the older records of a log, moved out of the live
+//!   database into closed segments so that its memory does not grow;
 //! - [`dump`]: reading a stopped service's files, or asking the running
 //!   service that holds their lock (`catalog dump`, `order dump`).
 //!
 //! Everything above the stores sees only [`StoreError`] (whose engine errors
 //! are text) and the stores' own typed methods.
 
+pub mod archive;
 mod codec;
 pub mod dump;
 pub mod floor;
@@ -78,6 +81,9 @@ pub enum StoreError {
     /// answer 503 ([`StoreError::is_unavailable`]).
     #[error("{}", failed_message(*.state))]
     Failed { state: StorageState, cause: String },
+    /// A setting of the store that is not valid (named in the text).
+    #[error("{0}")]
+    Setting(String),
 }
 
 fn failed_message(state: StorageState) -> &'static str {
@@ -191,10 +197,22 @@ pub fn open_when_unlocked<T>(
 
 /// Opens (creating if needed) the sled directory of service `who`.
 pub fn open_db(path: &Path, who: &'static str) -> Result<sled::Db, OpenError> {
+    open_db_with(path, who, CACHE_CAPACITY, Some(500))
+}
+
+/// [`open_db`] with its page cache and how often sled flushes by itself
+/// (`None`: only when asked).
+pub fn open_db_with(
+    path: &Path,
+    who: &'static str,
+    cache: u64,
+    flush_every_ms: Option<u64>,
+) -> Result<sled::Db, OpenError> {
     let shown = path.display().to_string();
     sled::Config::new()
         .path(path)
-        .cache_capacity(CACHE_CAPACITY)
+        .cache_capacity(cache)
+        .flush_every_ms(flush_every_ms)
         .open()
         .map_err(|e| match &e {
             // sled reports a held lock as an `Other` io error naming the lock.
@@ -256,6 +274,12 @@ impl Database {
         Ok(self.db.open_tree(name)?)
     }
 
+    /// The engine's handle (for a store whose log continues in other
+    /// databases, see [`archive`]).
+    pub fn engine(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn meta(&self) -> &sled::Tree {
         &self.meta
     }
@@ -284,11 +308,23 @@ impl Database {
     /// failure fails the store. (The store counts and times it, with its
     /// `common::metrics::FlushMetrics`.)
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flush_also(&self.db).await
+    }
+
+    /// [`flush`](Self::flush) of another database of the same store (a
+    /// segment of its log), under this one's health.
+    pub async fn flush_also(&self, db: &sled::Db) -> Result<(), StoreError> {
         self.health.check()?;
-        match self.db.flush_async().await {
+        match db.flush_async().await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.health.fail(&StoreError::from(e).to_string())),
         }
+    }
+
+    /// [`flush`](Self::flush) on the calling thread (at open, before
+    /// anything is served).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.write(|| Ok(self.db.flush().map(|_| ())?))
     }
 
     /// Passes a read's result on; an engine error or a record that fails

@@ -1,0 +1,558 @@
+//! Closed segments: the older records of a store's numbered tree (the
+//! order log, the catalog's applied orders) in sled databases of their
+//! own under `<db>/segments/`, never written again, so that the store's
+//! open databases stay small.
+//!
+//! sled's memory grows with what a database holds, not with what was ever
+//! written to it (docs/PERFORMANCE.md), so a store whose open databases
+//! hold a bounded number of records has a bounded memory. A segment comes
+//! about in one of two ways:
+//!
+//! - **A tail that fills up** (the order log): the store writes into
+//!   `<first>-tail`, a sled database of its own ([`Archive::start_tail`]);
+//!   when it holds [`Sizes::segment`] orders, the fingerprints of its index
+//!   keys go to `<first>-<end>.keys` and the directory is renamed
+//!   `<first>-<end>` ([`Archive::close_tail`]), then a new tail starts at
+//!   `end`. Nothing is copied. A stop between the two leaves no tail, and
+//!   the store starts one at open.
+//! - **A copy of a full tree** (the catalog, whose trades change its
+//!   stocks and its applied orders in one transaction of one database):
+//!   the store writes its records into a tree of its own database, and
+//!   when that holds [`Sizes::segment`] records it starts another; the full
+//!   one is copied to `<first>-<end>.new`, flushed, renamed `<first>-<end>`
+//!   ([`Archive::close`]), and then dropped from the store's database; a
+//!   store that finds such a tree at open (a stop between the two) drops
+//!   it then.
+//!
+//! A directory ending in `.new` is an unfinished copy or tail and is
+//! removed at open (the records it would hold are still where they were).
+//! Every rename is followed by a sync of the directory. Reads below the
+//! tail open the segment that holds them (one or two stay open); lookups by
+//! index key open only the segments whose fingerprints (32 bits of a hash
+//! per key, kept in memory: 4 MiB per million orders) hold the key's.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use sled::IVec;
+
+use super::{StoreError, encode_key};
+use files::{
+    io, list, name, open_segment, open_service, parse_fingerprints, remove, sync_dir, tail_name,
+    write_fingerprints,
+};
+
+mod files;
+mod sizes;
+
+pub use files::fingerprint;
+pub use sizes::{SEGMENT_ENV, Sizes, wait_while_closing};
+
+/// Closed segments kept open after a read (the catch-up of a replica reads
+/// them in order; a lookup by number reads one).
+const OPEN_SEGMENTS: usize = 2;
+/// Records copied into a new segment per batch.
+const COPY_CHUNK: usize = 1_000;
+/// The page cache of a closed segment.
+const SEGMENT_CACHE: u64 = 1024 * 1024;
+
+struct Segment {
+    first: u64,
+    end: u64,
+    /// Sorted fingerprints of its index keys (empty without an index).
+    fingerprints: Vec<u32>,
+}
+
+/// The segments of one store: closed ones, numbered without a gap, and
+/// the open tail that follows them (if the store keeps one here).
+pub struct Archive {
+    dir: PathBuf,
+    /// The tree every segment holds the numbered records in.
+    numbered: &'static str,
+    /// The index tree (a key -> its record's number), if the store has one.
+    index: Option<&'static str>,
+    segments: RwLock<Vec<Segment>>,
+    /// The first number of the tail segment, when there is one.
+    tail: Mutex<Option<u64>>,
+    open: Mutex<VecDeque<(u64, sled::Db)>>,
+}
+
+/// One segment to close: its records `first..end` and, for each tree, the
+/// entries to copy as they are stored.
+pub struct Closing {
+    pub first: u64,
+    pub end: u64,
+    pub trees: Vec<(&'static str, Vec<(IVec, IVec)>)>,
+}
+
+impl Archive {
+    /// Reads the segments of the database at `root`: their names, which
+    /// must run without a gap (and the tail's start where they end), and
+    /// the fingerprints of their index keys (rebuilt from the segment when
+    /// their file is missing or damaged). Removes unfinished copies and
+    /// tails (`.new`).
+    pub fn open(
+        root: &Path,
+        numbered: &'static str,
+        index: Option<&'static str>,
+    ) -> Result<Archive, StoreError> {
+        let archive = Archive {
+            dir: root.join("segments"),
+            numbered,
+            index,
+            segments: RwLock::new(Vec::new()),
+            tail: Mutex::new(None),
+            open: Mutex::new(VecDeque::new()),
+        };
+        let Some((mut found, tails)) = list(&archive.dir, |path| archive.not_a_segment(path))?
+        else {
+            return Ok(archive);
+        };
+        found.sort_unstable();
+        let mut expected = found.first().map(|&(first, _)| first);
+        let mut segments = Vec::with_capacity(found.len());
+        for (first, end) in found {
+            if Some(first) != expected || end <= first {
+                return Err(archive.gap(first, end, expected));
+            }
+            let fingerprints = archive.fingerprints_of(first, end)?;
+            segments.push(Segment {
+                first,
+                end,
+                fingerprints,
+            });
+            expected = Some(end);
+        }
+        match tails[..] {
+            [] => {}
+            [first] if expected.is_none_or(|e| e == first) => {
+                *archive.tail.lock().unwrap_or_else(|e| e.into_inner()) = Some(first);
+            }
+            _ => {
+                return Err(archive.corrupt(format!(
+                    "the segments' tails {tails:?} do not follow their closed segments (ending at {})",
+                    expected.unwrap_or(0)
+                )));
+            }
+        }
+        *archive.segments.write().unwrap_or_else(|e| e.into_inner()) = segments;
+        Ok(archive)
+    }
+
+    /// The first number of the oldest closed segment, if there is one.
+    pub fn start(&self) -> Option<u64> {
+        self.read().first().map(|s| s.first)
+    }
+
+    /// One more than the highest number of a closed segment (0 when there
+    /// is none).
+    pub fn end(&self) -> u64 {
+        self.read().last().map_or(0, |s| s.end)
+    }
+
+    /// The first number of the tail segment, when there is one.
+    pub fn tail(&self) -> Option<u64> {
+        *self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every closed segment's `first..end`, oldest first.
+    pub fn segments(&self) -> Vec<(u64, u64)> {
+        self.read().iter().map(|s| (s.first, s.end)).collect()
+    }
+
+    /// Opens the tail segment for writing.
+    pub fn open_tail(&self, first: u64) -> Result<sled::Db, StoreError> {
+        open_service(&self.dir.join(tail_name(first)))
+    }
+
+    /// Starts an empty tail segment at `first` (after the closed ones):
+    /// made under a `.new` name, flushed, renamed into place, and opened for
+    /// writing.
+    pub fn start_tail(&self, first: u64) -> Result<sled::Db, StoreError> {
+        let end = self.read().last().map(|s| s.end);
+        if end.is_some_and(|end| end != first) || self.tail().is_some() {
+            return Err(self.gap(first, first, end));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let fresh = self.dir.join(format!("{}.new", tail_name(first)));
+        if fresh.exists() {
+            remove(&fresh)?;
+        }
+        open_segment(&fresh)?.flush()?;
+        let path = self.dir.join(tail_name(first));
+        std::fs::rename(&fresh, &path).map_err(io)?;
+        sync_dir(&self.dir)?;
+        let db = open_service(&path)?;
+        *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = Some(first);
+        Ok(db)
+    }
+
+    /// Closes the tail segment (`db`, which holds `first..end` and is
+    /// durable): writes the fingerprints of its index keys, renames it
+    /// `<first>-<end>`, and from then on serves its records as a closed
+    /// segment. The caller starts the next tail.
+    pub fn close_tail(&self, first: u64, end: u64, db: &sled::Db) -> Result<(), StoreError> {
+        if self.tail() != Some(first) || end <= first {
+            return Err(self.corrupt(format!("no tail {first}..{end} to close")));
+        }
+        let mut fingerprints = Vec::new();
+        if let Some(index) = self.index {
+            for kv in db.open_tree(index)?.iter() {
+                fingerprints.push(fingerprint(&kv?.0));
+            }
+            fingerprints.sort_unstable();
+            fingerprints.dedup();
+            write_fingerprints(&self.dir, first, end, &fingerprints)?;
+        }
+        std::fs::rename(
+            self.dir.join(tail_name(first)),
+            self.dir.join(name(first, end)),
+        )
+        .map_err(io)?;
+        sync_dir(&self.dir)?;
+        *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.push(first, end, fingerprints);
+        // Its reads use the handle that wrote it: the directory cannot be
+        // opened again while that handle lives.
+        self.keep_open(first, db.clone());
+        Ok(())
+    }
+
+    /// Puts `db`, the open handle of the segment at `first`, among the few
+    /// kept open.
+    fn keep_open(&self, first: u64, db: sled::Db) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(f, _)| *f != first);
+        open.push_front((first, db));
+        open.truncate(OPEN_SEGMENTS);
+    }
+
+    /// Runs `f` on the segment that starts at `first`, opening it if it is
+    /// not one of the few kept open.
+    pub fn with_segment<T>(
+        &self,
+        first: u64,
+        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let db = match open.iter().position(|(f, _)| *f == first) {
+            Some(i) => open.remove(i).map(|(_, db)| db),
+            None => None,
+        };
+        let db = match db {
+            Some(db) => db,
+            None => {
+                let end = self
+                    .read()
+                    .iter()
+                    .find(|s| s.first == first)
+                    .map(|s| s.end)
+                    .ok_or_else(|| self.corrupt(format!("no segment starts at {first}")))?;
+                open_segment(&self.dir.join(name(first, end)))?
+            }
+        };
+        open.push_front((first, db.clone()));
+        open.truncate(OPEN_SEGMENTS);
+        drop(open);
+        f(&db)
+    }
+
+    /// The stored value of record `n` (`None` when it is not archived).
+    pub fn get(&self, n: u64) -> Result<Option<IVec>, StoreError> {
+        let Some(first) = self
+            .read()
+            .iter()
+            .find(|s| s.first <= n && n < s.end)
+            .map(|s| s.first)
+        else {
+            return Ok(None);
+        };
+        self.with_segment(first, |db| {
+            Ok(db.open_tree(self.numbered)?.get(encode_key(n))?)
+        })
+    }
+
+    /// Archived records `from..below` as stored, at most `limit`, walking
+    /// the segments in order.
+    pub fn range(
+        &self,
+        from: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<(IVec, IVec)>, StoreError> {
+        let spans: Vec<(u64, u64)> = self
+            .read()
+            .iter()
+            .filter(|s| s.end > from && s.first < below)
+            .map(|s| (s.first, s.end))
+            .collect();
+        let mut out = Vec::new();
+        for (first, end) in spans {
+            if out.len() >= limit {
+                break;
+            }
+            let (start, stop) = (from.max(first), below.min(end));
+            self.with_segment(first, |db| {
+                let tree = db.open_tree(self.numbered)?;
+                for kv in tree
+                    .range(encode_key(start)..encode_key(stop))
+                    .take(limit - out.len())
+                {
+                    out.push(kv?);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// The stored index value of `key` in the newest segment that holds it;
+    /// only segments whose fingerprints hold the key's are opened.
+    pub fn find(&self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        let Some(index) = self.index else {
+            return Ok(None);
+        };
+        let fp = fingerprint(key);
+        let candidates: Vec<u64> = self
+            .read()
+            .iter()
+            .rev()
+            .filter(|s| s.fingerprints.binary_search(&fp).is_ok())
+            .map(|s| s.first)
+            .collect();
+        for first in candidates {
+            let found = self.with_segment(first, |db| Ok(db.open_tree(index)?.get(key)?))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes a new closed segment (steps 1 to 3 above); from its return
+    /// on, reads of `first..end` go to it. Its `first` must be
+    /// [`end`](Self::end).
+    pub fn close(&self, closing: Closing) -> Result<(), StoreError> {
+        let Closing { first, end, trees } = closing;
+        let follows = self.read().last().is_none_or(|s| s.end == first);
+        if !follows || end <= first || self.tail().is_some() {
+            return Err(self.corrupt(format!(
+                "a segment {first}..{end} cannot follow {}",
+                self.end()
+            )));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let final_path = self.dir.join(name(first, end));
+        let copy = self.dir.join(format!("{}.new", name(first, end)));
+        if copy.exists() {
+            remove(&copy)?;
+        }
+        let mut fingerprints = Vec::new();
+        {
+            let db = open_segment(&copy)?;
+            for (tree, entries) in &trees {
+                let target = db.open_tree(tree)?;
+                // In batches of a bounded size: one batch of a whole segment
+                // is one record in sled's log, held in memory whole.
+                for chunk in entries.chunks(COPY_CHUNK) {
+                    let mut batch = sled::Batch::default();
+                    for (k, v) in chunk {
+                        batch.insert(k.clone(), v.clone());
+                        if Some(*tree) == self.index {
+                            fingerprints.push(fingerprint(k));
+                        }
+                    }
+                    target.apply_batch(batch)?;
+                }
+            }
+            db.flush()?;
+        }
+        fingerprints.sort_unstable();
+        fingerprints.dedup();
+        if self.index.is_some() {
+            write_fingerprints(&self.dir, first, end, &fingerprints)?;
+        }
+        std::fs::rename(&copy, &final_path).map_err(io)?;
+        sync_dir(&self.dir)?;
+        self.push(first, end, fingerprints);
+        Ok(())
+    }
+
+    fn push(&self, first: u64, end: u64, fingerprints: Vec<u32>) {
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Segment {
+                first,
+                end,
+                fingerprints,
+            });
+    }
+
+    fn not_a_segment(&self, path: &Path) -> StoreError {
+        self.corrupt(format!("{} is not a segment's name", path.display()))
+    }
+
+    fn gap(&self, first: u64, end: u64, expected: Option<u64>) -> StoreError {
+        self.corrupt(format!(
+            "the segments hold records {first}..{end} where {} comes next",
+            expected.unwrap_or(0)
+        ))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Segment>> {
+        self.segments.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn corrupt(&self, message: String) -> StoreError {
+        StoreError::Corrupt {
+            tree: self.numbered,
+            message,
+        }
+    }
+
+    /// The fingerprints of a segment's index keys: from its file, or read
+    /// from the segment and written anew when the file is missing or fails
+    /// its checksum.
+    fn fingerprints_of(&self, first: u64, end: u64) -> Result<Vec<u32>, StoreError> {
+        let Some(index) = self.index else {
+            return Ok(Vec::new());
+        };
+        let file = self.dir.join(format!("{}.keys", name(first, end)));
+        if let Some(fps) = std::fs::read(&file)
+            .ok()
+            .and_then(|b| parse_fingerprints(&b))
+        {
+            return Ok(fps);
+        }
+        let db = open_segment(&self.dir.join(name(first, end)))?;
+        let mut fps = Vec::new();
+        for kv in db.open_tree(index)?.iter() {
+            fps.push(fingerprint(&kv?.0));
+        }
+        fps.sort_unstable();
+        fps.dedup();
+        write_fingerprints(&self.dir, first, end, &fps)?;
+        Ok(fps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closing(first: u64, end: u64) -> Closing {
+        let records = (first..end)
+            .map(|n| {
+                (
+                    IVec::from(&encode_key(n)),
+                    IVec::from(format!("r{n}").as_bytes()),
+                )
+            })
+            .collect();
+        let keys = (first..end)
+            .map(|n| {
+                (
+                    IVec::from(format!("k{n}").as_bytes()),
+                    IVec::from(&encode_key(n)),
+                )
+            })
+            .collect();
+        Closing {
+            first,
+            end,
+            trees: vec![("orders", records), ("keys", keys)],
+        }
+    }
+
+    #[test]
+    fn segments_are_read_across_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+            assert_eq!(a.end(), 0);
+            a.close(closing(0, 10)).unwrap();
+            a.close(closing(10, 25)).unwrap();
+            assert!(a.close(closing(30, 40)).is_err(), "a gap is refused");
+        }
+        // An unfinished copy is removed; a lost fingerprint file rebuilt.
+        std::fs::create_dir(dir.path().join("segments/x.new")).unwrap();
+        let keys = dir
+            .path()
+            .join("segments")
+            .join(format!("{}.keys", name(0, 10)));
+        std::fs::write(&keys, b"damaged").unwrap();
+        let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+        assert!(!dir.path().join("segments/x.new").exists());
+        assert_eq!(a.segments(), vec![(0, 10), (10, 25)]);
+        assert_eq!(a.end(), 25);
+        assert_eq!(a.get(12).unwrap().unwrap().as_ref(), b"r12");
+        assert_eq!(a.get(25).unwrap(), None);
+        let range = a.range(8, 25, 5).unwrap();
+        let got: Vec<&[u8]> = range.iter().map(|(_, v)| v.as_ref()).collect();
+        assert_eq!(got, vec![&b"r8"[..], b"r9", b"r10", b"r11", b"r12"]);
+        assert_eq!(a.range(3, 25, 100).unwrap().len(), 22);
+        assert_eq!(a.find(b"k3").unwrap().unwrap().as_ref(), &encode_key(3));
+        assert_eq!(a.find(b"k24").unwrap().unwrap().as_ref(), &encode_key(24));
+        assert_eq!(a.find(b"k25").unwrap(), None);
+        assert!(parse_fingerprints(&std::fs::read(&keys).unwrap()).is_some());
+    }
+
+    /// A tail is written in place, closed by a rename, and followed by
+    /// the next; a stop between the two leaves no tail.
+    #[test]
+    fn a_tail_closes_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+            a.close(closing(0, 10)).unwrap();
+            assert!(
+                a.start_tail(12).is_err(),
+                "a tail follows the closed segments"
+            );
+            let db = a.start_tail(10).unwrap();
+            for (tree, entries) in closing(10, 14).trees {
+                for (k, v) in entries {
+                    db.open_tree(tree).unwrap().insert(k, v).unwrap();
+                }
+            }
+            db.flush().unwrap();
+            assert_eq!(a.tail(), Some(10));
+            a.close_tail(10, 14, &db).unwrap();
+            assert_eq!((a.tail(), a.end()), (None, 14));
+        }
+        let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+        assert_eq!(a.segments(), vec![(0, 10), (10, 14)]);
+        assert_eq!(a.tail(), None);
+        assert_eq!(a.find(b"k13").unwrap().unwrap().as_ref(), &encode_key(13));
+        let db = a.start_tail(14).unwrap();
+        drop(db);
+        let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+        assert_eq!(a.tail(), Some(14));
+        assert!(
+            a.open_tail(14)
+                .unwrap()
+                .open_tree("orders")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_missing_segment_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = Archive::open(dir.path(), "orders", None).unwrap();
+            a.close(closing(0, 10)).unwrap();
+            a.close(closing(10, 20)).unwrap();
+            a.close(closing(20, 30)).unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("segments").join(name(10, 20))).unwrap();
+        let err = Archive::open(dir.path(), "orders", None).err().unwrap();
+        assert!(
+            err.to_string().contains("20..30 where 10 comes next"),
+            "{err}"
+        );
+    }
+}
