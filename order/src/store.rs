@@ -18,30 +18,40 @@
 //! (`common::storage::scan`). A damaged log refuses to start (the replica
 //! names `--rebuild`) rather than run with holes.
 //!
-//! This file and `common::storage` (the helpers both stores share) are the
-//! only code of the replica that names the engine; the rest of the crate
-//! sees [`OrderLog`]'s typed methods and [`StoreError`].
+//! The live database holds the newest orders; older ones move into closed
+//! segments (`common::storage::archive`, [`segments`]) so that the
+//! replica's memory does not grow with its log. Every read and the start-up
+//! check see both; a log written before segments opens as it is and starts
+//! moving its oldest orders out with its next append.
+//!
+//! This module and `common::storage` (the helpers both stores share) are
+//! the only code of the replica that names the engine; the rest of the
+//! crate sees [`OrderLog`]'s typed methods and [`StoreError`].
 
-use std::hash::{Hash, Hasher};
+mod check;
+mod segments;
+
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::storage::{self, Bounds, Database, Format, Scan, ScanState, StorageHealth, encode_key};
+use common::storage::archive::Sizes;
+use common::storage::{Bounds, Database, Format, Scan, ScanState, StorageHealth, encode_key};
 use common::types::{OrderRecord, StorageState};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use tokio::sync::Mutex;
 
 use crate::metrics::METRICS;
+use check::{Writers, verify, verify_tail};
+use segments::Parts;
 
 pub use common::storage::{MAX_RANGE, StoreError};
 
 const EPOCH_KEY: &[u8] = b"epoch";
 
 pub struct OrderLog {
-    db: Database,
-    orders: sled::Tree,
-    keys: sled::Tree,
+    parts: Arc<Parts>,
     /// One more than the highest durable order number (0 when empty).
     next: AtomicU64,
     /// The highest durable epoch.
@@ -50,6 +60,7 @@ pub struct OrderLog {
     append: Mutex<()>,
     /// The check of every record (see `common::storage::scan`).
     scan: Scan,
+    sizes: Sizes,
 }
 
 /// What to do when the background check finds damage (see
@@ -60,13 +71,13 @@ impl OrderLog {
     /// Opens the log and checks every record ([`verify`]) before it
     /// returns: for tools (`order dump`) and tests.
     pub fn open(path: &Path) -> Result<OrderLog, StoreError> {
-        Self::open_with(path, "order", None, Bounds::SERVICE)
+        Self::open_with(path, "order", None, Bounds::SERVICE, Sizes::SERVICE)
     }
 
     /// Opens the log of the service `service` (`order-2`, named in the
     /// storage health's log lines). Every record is checked before it
-    /// returns while the log holds at most [`storage::EAGER_LIMIT`] orders;
-    /// a longer log has its newest [`storage::TAIL`] checked here and the
+    /// returns while the log holds at most [`common::storage::EAGER_LIMIT`] orders;
+    /// a longer log has its newest [`common::storage::TAIL`] checked here and the
     /// rest on a background thread, which calls `on_damage` if it finds
     /// damage (see `common::storage::scan`).
     pub fn open_serving(
@@ -74,7 +85,9 @@ impl OrderLog {
         service: &str,
         on_damage: impl FnOnce(StoreError) + Send + 'static,
     ) -> Result<OrderLog, StoreError> {
-        Self::open_with(path, service, Some(Box::new(on_damage)), Bounds::SERVICE)
+        let on_damage: OnDamage = Box::new(on_damage);
+        let sizes = Sizes::from_env()?;
+        Self::open_with(path, service, Some(on_damage), Bounds::SERVICE, sizes)
     }
 
     fn open_with(
@@ -82,38 +95,44 @@ impl OrderLog {
         service: &str,
         on_damage: Option<OnDamage>,
         bounds: Bounds,
+        sizes: Sizes,
     ) -> Result<OrderLog, StoreError> {
         let db = Database::open(path, "this order replica", service)?;
-        let orders = db.tree("orders")?;
-        let keys = db.tree("keys")?;
-        let format = db.format();
-        let next = storage::next_number(&orders, "orders")?;
+        let (parts, next) = Parts::open(db, path)?;
+        let parts = Arc::new(parts);
+        let format = parts.db.format();
         let epoch = format
-            .get_number(db.meta(), "meta", EPOCH_KEY)?
+            .get_number(parts.db.meta(), "meta", EPOCH_KEY)?
             .unwrap_or(0);
         let scan = match on_damage {
             Some(on_damage) if next > bounds.eager => {
-                verify_tail(format, &orders, &keys, next, bounds.tail)?;
-                let (orders, keys) = (orders.clone(), keys.clone());
+                let tail = parts.tail();
+                verify_tail(
+                    format,
+                    &tail.orders,
+                    &tail.keys,
+                    (tail.first, next),
+                    bounds.tail,
+                )?;
+                let whole = Arc::clone(&parts);
                 Scan::in_background(
                     service,
-                    move || verify(format, &orders, &keys, next, Writers::Concurrent),
+                    move || verify_all(&whole, next, Writers::Concurrent),
                     on_damage,
                 )
             }
             _ => {
-                verify(format, &orders, &keys, next, Writers::None)?;
+                verify_all(&parts, next, Writers::None)?;
                 Scan::passed()
             }
         };
         Ok(OrderLog {
-            db,
-            orders,
-            keys,
+            parts,
             next: AtomicU64::new(next),
             epoch: AtomicU64::new(epoch),
             append: Mutex::new(()),
             scan,
+            sizes,
         })
     }
 
@@ -125,18 +144,18 @@ impl OrderLog {
 
     /// The storage state `/health` reports, and the first error's text.
     pub fn storage(&self) -> (StorageState, Option<String>) {
-        self.db.health().state()
+        self.parts.db.health().state()
     }
 
     /// The storage health handle (shared with the recovery watcher).
     pub fn health(&self) -> &StorageHealth {
-        self.db.health()
+        self.parts.db.health()
     }
 
     /// Whether records carry checksums (databases written before them do
     /// not, until rebuilt).
     pub fn format(&self) -> Format {
-        self.db.format()
+        self.parts.db.format()
     }
 
     /// One more than the highest durable order number.
@@ -152,33 +171,35 @@ impl OrderLog {
         if number >= self.next() {
             return Ok(None);
         }
-        let format = self.db.format();
-        self.db
-            .read(format.get_numbered(&self.orders, "orders", number))
+        self.parts.db.read(self.parts.get(self.format(), number))
     }
 
     /// The order number an idempotency key created, if any (and durable).
     pub fn by_key(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let next = self.next();
-        let format = self.db.format();
         let number = self
+            .parts
             .db
-            .read(format.get_number(&self.keys, "keys", key.as_bytes()))?;
+            .read(self.parts.by_key(self.format(), key.as_bytes()))?;
         Ok(number.filter(|&n| n < next))
     }
 
     /// Orders `from..`, at most `limit` (capped at [`MAX_RANGE`]), durable
     /// ones only.
     pub fn range(&self, from: u64, limit: u32) -> Result<Vec<OrderRecord>, StoreError> {
-        let format = self.db.format();
-        self.db
-            .read(format.range(&self.orders, "orders", from, self.next(), limit))
+        let next = self.next();
+        let limit = limit.min(MAX_RANGE);
+        self.parts
+            .db
+            .read(self.parts.range(self.format(), from, next, limit))
     }
 
     /// Appends records that start exactly at [`next`](Self::next) and are
     /// contiguous; records already held are skipped (they are identical by
     /// construction: only the catalog numbers orders). Flushes before it
     /// returns the new `next`. Refused at once after a storage failure.
+    /// Once the tail segment holds [`Sizes::segment`] orders, a new one
+    /// follows it.
     pub async fn append(&self, records: &[OrderRecord]) -> Result<u64, StoreError> {
         let _guard = self.append.lock().await;
         let next = self.next();
@@ -209,9 +230,10 @@ impl OrderLog {
                 });
             }
         }
-        let format = self.db.format();
-        self.db.write(|| {
-            (&self.orders, &self.keys)
+        let format = self.format();
+        let tail = self.parts.tail();
+        self.parts.db.write(|| {
+            (&tail.orders, &tail.keys)
                 .transaction(|(orders, keys)| {
                     for r in &fresh {
                         let key = encode_key(r.number);
@@ -223,11 +245,22 @@ impl OrderLog {
                 })
                 .map_err(StoreError::from)
         })?;
-        self.flush().await?;
+        self.parts.db.health().check()?;
+        METRICS
+            .flush
+            .time(self.parts.db.flush_also(&tail.db))
+            .await?;
         self.next.store(new_next, Ordering::Release);
         METRICS
             .highest
             .set(i64::try_from(new_next).unwrap_or(i64::MAX) - 1);
+        // These orders are durable whatever happens here: a failure fails
+        // the store (later writes are refused), not this append.
+        if new_next - tail.first >= self.sizes.segment
+            && let Err(e) = self.parts.roll(new_next)
+        {
+            tracing::error!(error = %e, next = new_next, "starting a new tail segment failed");
+        }
         Ok(new_next)
     }
 
@@ -238,149 +271,63 @@ impl OrderLog {
 
     /// Records a higher epoch durably.
     pub async fn set_epoch(&self, epoch: u64) -> Result<(), StoreError> {
-        let value = self.db.format().encode_number(EPOCH_KEY, epoch);
-        self.db
-            .write(|| Ok(self.db.meta().insert(EPOCH_KEY, value)?))?;
+        let db = &self.parts.db;
+        let value = db.format().encode_number(EPOCH_KEY, epoch);
+        db.write(|| Ok(db.meta().insert(EPOCH_KEY, value)?))?;
         self.flush().await?;
         self.epoch.store(epoch, Ordering::Release);
         Ok(())
     }
 
-    /// Makes every write so far durable, counting and timing the flush
-    /// (a refused one, after a failure, is not a flush).
+    /// Makes every write of the root database so far durable, counting and
+    /// timing the flush (a refused one, after a failure, is not a flush).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.health().check()?;
-        METRICS.flush.time(self.db.flush()).await
+        self.parts.db.health().check()?;
+        METRICS.flush.time(self.parts.db.flush()).await
     }
 }
 
-/// Whether appends may run while a check reads the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Writers {
-    /// At open: nothing else writes.
-    None,
-    /// In the background: appends add orders from `below` on meanwhile.
-    Concurrent,
-}
-
-fn corrupt(tree: &'static str, message: String) -> StoreError {
-    StoreError::Corrupt { tree, message }
-}
-
-/// Checks every order below `below`: each decodes (and passes its
-/// checksum), numbers run from 0 without a gap, and the key index holds
-/// exactly one entry per order, naming it. The index is compared in one
-/// pass over each tree (a count and a sum of hashes of every (key, number)
-/// pair), not one lookup per order. Index entries of orders appended since
-/// (`Writers::Concurrent`) are checked against their order instead.
-fn verify(
-    format: Format,
-    orders: &sled::Tree,
-    keys: &sled::Tree,
-    below: u64,
-    writers: Writers,
-) -> Result<(), StoreError> {
-    let mut from_orders = 0u64;
-    let mut held = 0u64;
-    for (kv, expected) in orders.range(..encode_key(below)).zip(0u64..) {
-        let (k, v) = kv?;
-        let number = storage::decode_number("orders", &k)?;
-        if number != expected {
-            return Err(corrupt(
-                "orders",
-                format!("order {expected} is missing (the next one held is {number})"),
-            ));
-        }
-        let r: OrderRecord = format.decode_numbered("orders", number, &v)?;
-        from_orders = from_orders.wrapping_add(pair_hash(r.key.as_bytes(), number));
-        held += 1;
-    }
-    if held != below {
-        return Err(corrupt("orders", format!("order {held} is missing")));
-    }
-    let mut count = 0u64;
-    let mut from_keys = 0u64;
-    for kv in keys.iter() {
-        let (k, v) = kv?;
-        let number = format.decode_number("keys", &k, &v)?;
-        if number < below {
-            from_keys = from_keys.wrapping_add(pair_hash(&k, number));
-            count += 1;
-        } else if writers == Writers::None || !names_its_order(format, orders, &k, number)? {
-            return Err(corrupt(
-                "keys",
-                format!(
-                    "key {:?} names order {number}, which does not hold it",
-                    String::from_utf8_lossy(&k)
-                ),
-            ));
+/// Checks every order below `below`: the root's and each closed segment's
+/// whole, then the tail's. Segments closed while it runs are checked too;
+/// no handle on a tail is held while the segments are read (a closed
+/// tail's directory opens once its last handle is gone).
+fn verify_all(parts: &Parts, below: u64, writers: Writers) -> Result<(), StoreError> {
+    let format = parts.db.format();
+    let mut done = 0;
+    {
+        let tail = parts.tail();
+        if !tail.root {
+            done = parts.archive.start().unwrap_or(tail.first);
+            verify(format, &parts.orders, &parts.keys, (0, done), Writers::None)?;
         }
     }
-    if count != below || from_keys != from_orders {
-        return Err(corrupt(
-            "keys",
-            format!("the key index does not match the orders ({count} keys for {below} orders)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether order `number` is held and was created by idempotency key `key`.
-fn names_its_order(
-    format: Format,
-    orders: &sled::Tree,
-    key: &[u8],
-    number: u64,
-) -> Result<bool, StoreError> {
-    let order: Option<OrderRecord> = format.get_numbered(orders, "orders", number)?;
-    Ok(order.is_some_and(|r| r.key.as_bytes() == key))
-}
-
-/// The check before serving a long log: the first order is 0, and the
-/// newest `tail` orders (where a torn write would be) decode, run without
-/// a gap, and are named by their index entries.
-fn verify_tail(
-    format: Format,
-    orders: &sled::Tree,
-    keys: &sled::Tree,
-    next: u64,
-    tail: u64,
-) -> Result<(), StoreError> {
-    if let Some((k, _)) = orders.first()? {
-        let first = storage::decode_number("orders", &k)?;
-        if first != 0 {
-            return Err(corrupt(
-                "orders",
-                format!("the log starts at order {first}, not 0"),
-            ));
+    loop {
+        for (first, end) in parts.archive.segments() {
+            if first >= done {
+                parts.archive.with_segment(first, |db| {
+                    let (orders, keys) = (db.open_tree("orders")?, db.open_tree("keys")?);
+                    verify(format, &orders, &keys, (first, end), Writers::None)
+                })?;
+                done = end;
+            }
+        }
+        let tail = parts.tail();
+        if tail.first <= done {
+            return verify(
+                format,
+                &tail.orders,
+                &tail.keys,
+                (tail.first, below),
+                writers,
+            );
         }
     }
-    for number in next.saturating_sub(tail)..next {
-        let Some(r) = format.get_numbered::<OrderRecord>(orders, "orders", number)? else {
-            return Err(corrupt("orders", format!("order {number} is missing")));
-        };
-        let index = r.key.as_bytes();
-        if format.get_number(keys, "keys", index)? != Some(number) {
-            return Err(corrupt(
-                "keys",
-                format!("order {number}'s key {:?} does not name it", r.key),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A 64-bit hash of one (idempotency key, order number) pair.
-fn pair_hash(key: &[u8], number: u64) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    number.hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::storage;
     use common::types::TradeKind;
 
     fn rec(n: u64) -> OrderRecord {
@@ -436,10 +383,12 @@ mod tests {
         log.append(&[rec(0), rec(1)]).await.unwrap();
         // A write the engine took but could not make durable.
         let format = log.format();
-        log.orders
+        log.parts
+            .orders
             .insert(encode_key(2), format.encode(&encode_key(2), &rec(2)))
             .unwrap();
-        log.keys
+        log.parts
+            .keys
             .insert(b"k2", format.encode_number(b"k2", 2))
             .unwrap();
         let failed = log
@@ -533,7 +482,7 @@ mod tests {
         let log = storage::open_when_unlocked(|| {
             let tx = tx.clone();
             let damage: OnDamage = Box::new(move |e| tx.send(e.to_string()).unwrap());
-            OrderLog::open_with(&path, "order-1", Some(damage), small)
+            OrderLog::open_with(&path, "order-1", Some(damage), small, Sizes::SERVICE)
         })
         .unwrap();
         let found = rx.recv().unwrap();
@@ -546,12 +495,106 @@ mod tests {
         flip(5);
         let err = storage::open_when_unlocked(|| {
             let damage: OnDamage = Box::new(|e| panic!("not reached: {e}"));
-            OrderLog::open_with(&path, "order-1", Some(damage), small)
+            OrderLog::open_with(&path, "order-1", Some(damage), small, Sizes::SERVICE)
         })
         .err()
         .unwrap();
         assert!(
             err.to_string().contains("key 5 fails its checksum"),
+            "{err}"
+        );
+    }
+
+    /// The log continues in segments as it grows: the root holds the first
+    /// orders, closed segments the next, the tail the newest. Reads, key
+    /// lookups, reopening and the start-up check see every part; a stop
+    /// that left no tail gets a new one.
+    #[tokio::test]
+    async fn the_log_continues_in_segments() {
+        let sizes = Sizes { segment: 10 };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let open = || {
+            storage::open_when_unlocked(|| {
+                OrderLog::open_with(&path, "order-1", None, Bounds::SERVICE, sizes)
+            })
+            .unwrap()
+        };
+        {
+            let log = open();
+            for base in (0..47).step_by(4) {
+                let batch: Vec<_> = (base..(base + 4).min(47)).map(rec).collect();
+                log.append(&batch).await.unwrap();
+            }
+            assert_eq!(log.parts.orders.len(), 12, "the root holds 0..12");
+            assert_eq!(
+                log.parts.archive.segments(),
+                vec![(12, 24), (24, 36), (36, 47)]
+            );
+            assert_eq!(log.parts.tail().first, 47);
+            for n in [3, 30, 46] {
+                assert_eq!(log.get(n).unwrap(), Some(rec(n)));
+            }
+            for n in [3, 12, 30, 46] {
+                assert_eq!(log.by_key(&format!("k{n}")).unwrap(), Some(n));
+            }
+            assert_eq!(log.by_key("k47").unwrap(), None);
+            assert_eq!(
+                log.range(0, 1000).unwrap(),
+                (0..47).map(rec).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                log.range(10, 5).unwrap(),
+                (10..15).map(rec).collect::<Vec<_>>()
+            );
+            log.append(&(47..50).map(rec).collect::<Vec<_>>())
+                .await
+                .unwrap();
+            log.set_epoch(3).await.unwrap();
+        }
+        {
+            let log = open();
+            assert_eq!((log.next(), log.epoch().unwrap()), (50, 3));
+            assert_eq!(
+                log.range(0, 1000).unwrap(),
+                (0..50).map(rec).collect::<Vec<_>>()
+            );
+            assert_eq!(log.by_key("k48").unwrap(), Some(48));
+            log.append(&(50..57).map(rec).collect::<Vec<_>>())
+                .await
+                .unwrap();
+            assert_eq!(log.parts.tail().first, 57);
+        }
+        // A stop after the tail 47..57 was closed, before the next started.
+        let tail = path.join("segments").join(format!("{:020}-tail", 57));
+        std::fs::remove_dir_all(&tail).unwrap();
+        {
+            let log = open();
+            assert!(tail.exists());
+            assert_eq!(log.next(), 57);
+            log.append(&[rec(57)]).await.unwrap();
+            assert_eq!(
+                log.range(0, 1000).unwrap(),
+                (0..58).map(rec).collect::<Vec<_>>()
+            );
+        }
+        // A closed segment that fails its check refuses to open.
+        {
+            let seg = path.join("segments").join(format!("{:020}-{:020}", 12, 24));
+            let db = open_when_unlocked(&seg);
+            let orders = db.open_tree("orders").unwrap();
+            let mut v = orders.get(encode_key(15)).unwrap().unwrap().to_vec();
+            v[0] ^= 1;
+            orders.insert(encode_key(15), v).unwrap();
+            db.flush().unwrap();
+        }
+        let err = storage::open_when_unlocked(|| {
+            OrderLog::open_with(&path, "order-1", None, Bounds::SERVICE, sizes)
+        })
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("key 15 fails its checksum"),
             "{err}"
         );
     }
@@ -583,9 +626,10 @@ mod tests {
         assert_eq!(log.by_key("k1").unwrap(), Some(1));
         assert_eq!(log.append(&[rec(2)]).await.unwrap(), 3);
         assert_eq!(log.range(0, 10).unwrap(), vec![rec(0), rec(1), rec(2)]);
-        assert_eq!(log.orders.get(encode_key(0)).unwrap().unwrap().len(), {
-            postcard::to_stdvec(&rec(0)).unwrap().len()
-        });
+        assert_eq!(
+            log.parts.orders.get(encode_key(0)).unwrap().unwrap().len(),
+            { postcard::to_stdvec(&rec(0)).unwrap().len() }
+        );
     }
 
     /// The start-up check's cost at a million orders:
@@ -627,7 +671,7 @@ mod tests {
             assert_eq!(log.scan(), ScanState::Passed);
             let background = started.elapsed();
             let eager = std::time::Instant::now();
-            verify(log.format(), &log.orders, &log.keys, ORDERS, Writers::None).unwrap();
+            verify_all(&log.parts, ORDERS, Writers::None).unwrap();
             println!(
                 "{ORDERS} orders, open #{attempt}: serving after {opened:?} (tail checked), \
                  every record checked in the background after {background:?}; \

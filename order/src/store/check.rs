@@ -1,0 +1,135 @@
+//! The start-up check of an order log: every record of the live database
+//! and of every closed segment (see [`super::OrderLog`]).
+
+use std::hash::{Hash, Hasher};
+
+use common::storage::{self, Format, StoreError, encode_key};
+use common::types::OrderRecord;
+
+/// Whether appends may run while a check reads the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Writers {
+    /// At open, or a closed segment: nothing else writes.
+    None,
+    /// In the background: appends add orders from `below` on meanwhile.
+    Concurrent,
+}
+
+pub(super) fn corrupt(tree: &'static str, message: String) -> StoreError {
+    StoreError::Corrupt { tree, message }
+}
+
+/// Checks the orders `first..below` of one database (the live one or a
+/// closed segment): each decodes (and passes its checksum), numbers run
+/// from `first` without a gap, and the key index holds exactly one entry
+/// per order, naming it. The index is compared in one pass over each tree
+/// (a count and a sum of hashes of every (key, number) pair), not one
+/// lookup per order. Index entries of orders appended since
+/// (`Writers::Concurrent`) are checked against their order instead.
+pub(super) fn verify(
+    format: Format,
+    orders: &sled::Tree,
+    keys: &sled::Tree,
+    (first, below): (u64, u64),
+    writers: Writers,
+) -> Result<(), StoreError> {
+    let mut from_orders = 0u64;
+    let mut held = 0u64;
+    for (kv, expected) in orders.range(..encode_key(below)).zip(first..) {
+        let (k, v) = kv?;
+        let number = storage::decode_number("orders", &k)?;
+        if number != expected {
+            return Err(corrupt(
+                "orders",
+                format!("order {expected} is missing (the next one held is {number})"),
+            ));
+        }
+        let r: OrderRecord = format.decode_numbered("orders", number, &v)?;
+        from_orders = from_orders.wrapping_add(pair_hash(r.key.as_bytes(), number));
+        held += 1;
+    }
+    if held != below.saturating_sub(first) {
+        return Err(corrupt(
+            "orders",
+            format!("order {} is missing", first + held),
+        ));
+    }
+    let mut count = 0u64;
+    let mut from_keys = 0u64;
+    for kv in keys.iter() {
+        let (k, v) = kv?;
+        let number = format.decode_number("keys", &k, &v)?;
+        if number < below {
+            from_keys = from_keys.wrapping_add(pair_hash(&k, number));
+            count += 1;
+        } else if writers == Writers::None || !names_its_order(format, orders, &k, number)? {
+            return Err(corrupt(
+                "keys",
+                format!(
+                    "key {:?} names order {number}, which does not hold it",
+                    String::from_utf8_lossy(&k)
+                ),
+            ));
+        }
+    }
+    if count != held || from_keys != from_orders {
+        return Err(corrupt(
+            "keys",
+            format!("the key index does not match the orders ({count} keys for {held} orders)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether order `number` is held and was created by idempotency key `key`.
+fn names_its_order(
+    format: Format,
+    orders: &sled::Tree,
+    key: &[u8],
+    number: u64,
+) -> Result<bool, StoreError> {
+    let order: Option<OrderRecord> = format.get_numbered(orders, "orders", number)?;
+    Ok(order.is_some_and(|r| r.key.as_bytes() == key))
+}
+
+/// The check before serving a long log: the live database's first order
+/// is `first`, and the newest `tail` orders (where a torn write would be)
+/// decode, run without a gap, and are named by their index entries.
+pub(super) fn verify_tail(
+    format: Format,
+    orders: &sled::Tree,
+    keys: &sled::Tree,
+    (first, next): (u64, u64),
+    tail: u64,
+) -> Result<(), StoreError> {
+    if let Some((k, _)) = orders.first()? {
+        let held = storage::decode_number("orders", &k)?;
+        if held != first {
+            return Err(corrupt(
+                "orders",
+                format!("the log starts at order {held}, not {first}"),
+            ));
+        }
+    }
+    for number in next.saturating_sub(tail).max(first)..next {
+        let Some(r) = format.get_numbered::<OrderRecord>(orders, "orders", number)? else {
+            return Err(corrupt("orders", format!("order {number} is missing")));
+        };
+        let index = r.key.as_bytes();
+        if format.get_number(keys, "keys", index)? != Some(number) {
+            return Err(corrupt(
+                "keys",
+                format!("order {number}'s key {:?} does not name it", r.key),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A 64-bit hash of one (idempotency key, order number) pair.
+fn pair_hash(key: &[u8], number: u64) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    number.hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,176 @@
+//! Where an order log's orders live: the root database (`<db>`, which also
+//! holds the epoch) holds the oldest, closed segments the ones after them
+//! (`common::storage::archive`), and the tail segment the newest, where
+//! appends go. A log with no segment yet (every log written before them)
+//! has the root as its tail. When the tail holds `Sizes::segment` orders it
+//! is closed in place and a new, empty tail follows it: nothing is copied,
+//! and no open database holds more than a segment's orders (besides a root
+//! written before segments).
+
+use std::sync::{Arc, RwLock};
+
+use common::storage::archive::Archive;
+use common::storage::{self, Database, Format, StoreError, decode_number};
+use common::types::OrderRecord;
+
+use super::check::corrupt;
+
+/// The database appends go to.
+pub(super) struct Tail {
+    pub db: sled::Db,
+    pub orders: sled::Tree,
+    pub keys: sled::Tree,
+    /// The first order it holds (or will).
+    pub first: u64,
+    /// Whether it is the root database (a log with no segment yet).
+    pub root: bool,
+}
+
+impl Tail {
+    fn new(db: sled::Db, first: u64, root: bool) -> Result<Tail, StoreError> {
+        Ok(Tail {
+            orders: db.open_tree("orders")?,
+            keys: db.open_tree("keys")?,
+            db,
+            first,
+            root,
+        })
+    }
+}
+
+pub(super) struct Parts {
+    /// The root database: the epoch, and the oldest orders.
+    pub db: Database,
+    pub orders: sled::Tree,
+    pub keys: sled::Tree,
+    pub archive: Archive,
+    tail: RwLock<Arc<Tail>>,
+}
+
+impl Parts {
+    /// Finds the log's parts under `path` (whose root is `db`), starting a
+    /// tail after the closed segments if a stop left none, and returns them
+    /// with the log's next number.
+    pub fn open(db: Database, path: &std::path::Path) -> Result<(Parts, u64), StoreError> {
+        let orders = db.tree("orders")?;
+        let keys = db.tree("keys")?;
+        let archive = Archive::open(path, "orders", Some("keys"))?;
+        let root_next = storage::next_number(&orders, "orders")?;
+        let tail = match (archive.start(), archive.tail()) {
+            (None, None) => Tail::new(db.engine().clone(), 0, true)?,
+            (start, tail) => {
+                let first_segment = start.or(tail).unwrap_or(root_next);
+                if first_segment != root_next {
+                    return Err(corrupt(
+                        "orders",
+                        format!(
+                            "the root database holds orders below {root_next}, \
+                             but its segments start at {first_segment}"
+                        ),
+                    ));
+                }
+                let first = tail.unwrap_or(archive.end());
+                let engine = match tail {
+                    Some(first) => archive.open_tail(first)?,
+                    None => db.write(|| archive.start_tail(first))?,
+                };
+                Tail::new(engine, first, false)?
+            }
+        };
+        let next = storage::next_number(&tail.orders, "orders")?.max(tail.first);
+        let parts = Parts {
+            db,
+            orders,
+            keys,
+            archive,
+            tail: RwLock::new(Arc::new(tail)),
+        };
+        Ok((parts, next))
+    }
+
+    pub fn tail(&self) -> Arc<Tail> {
+        Arc::clone(&self.tail.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// One more than the root's highest order while it is not the tail.
+    fn root_end(&self, tail: &Tail) -> u64 {
+        self.archive.start().unwrap_or(tail.first)
+    }
+
+    /// Closes the tail, which holds orders up to `next` (durably), and
+    /// starts a new one at `next`. Failures fail the store.
+    pub fn roll(&self, next: u64) -> Result<(), StoreError> {
+        let old = self.tail();
+        let new = self.db.write(|| {
+            if !old.root {
+                self.archive.close_tail(old.first, next, &old.db)?;
+            }
+            Tail::new(self.archive.start_tail(next)?, next, false)
+        })?;
+        *self.tail.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+
+    /// Order `number` (below the log's next), from the part that holds it.
+    pub fn get(&self, format: Format, number: u64) -> Result<Option<OrderRecord>, StoreError> {
+        let tail = self.tail();
+        if number >= tail.first {
+            format.get_numbered(&tail.orders, "orders", number)
+        } else if number < self.root_end(&tail) {
+            format.get_numbered(&self.orders, "orders", number)
+        } else {
+            let stored = self.archive.get(number)?;
+            stored
+                .map(|v| format.decode_numbered("orders", number, &v))
+                .transpose()
+        }
+    }
+
+    /// The stored index entry of `key`: the tail's, the root's, or a
+    /// closed segment's.
+    pub fn by_key(&self, format: Format, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        let tail = self.tail();
+        if let Some(n) = format.get_number(&tail.keys, "keys", key)? {
+            return Ok(Some(n));
+        }
+        if !tail.root
+            && let Some(n) = format.get_number(&self.keys, "keys", key)?
+        {
+            return Ok(Some(n));
+        }
+        self.archive
+            .find(key)?
+            .map(|v| format.decode_number("keys", key, &v))
+            .transpose()
+    }
+
+    /// Orders `from..next`, at most `limit`, walking the parts in order.
+    pub fn range(
+        &self,
+        format: Format,
+        from: u64,
+        next: u64,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let tail = self.tail();
+        let mut out = Vec::new();
+        let left = |out: &Vec<OrderRecord>| {
+            limit.saturating_sub(u32::try_from(out.len()).unwrap_or(u32::MAX))
+        };
+        if !tail.root {
+            let root_end = self.root_end(&tail);
+            out = format.range(&self.orders, "orders", from, root_end.min(next), limit)?;
+            let start = from.max(root_end);
+            if left(&out) > 0 && start < tail.first {
+                let cap = usize::try_from(left(&out)).unwrap_or(usize::MAX);
+                for (k, v) in self.archive.range(start, tail.first.min(next), cap)? {
+                    let number = decode_number("orders", &k)?;
+                    out.push(format.decode_numbered("orders", number, &v)?);
+                }
+            }
+        }
+        let start = from.max(tail.first);
+        out.extend(format.range(&tail.orders, "orders", start, next, left(&out))?);
+        Ok(out)
+    }
+}
