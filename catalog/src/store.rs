@@ -23,13 +23,17 @@
 //! to start, and `catalog --rebuild` rebuilds from the stocks file and the
 //! order log.
 
+mod applied;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
+use common::storage::archive::Sizes;
 use common::storage::{
-    self, Bounds, Database, Format, Scan, ScanState, StorageHealth, StoreError, encode_key,
+    Bounds, Database, Format, Scan, ScanState, StorageHealth, StoreError, encode_key,
 };
 use common::types::{ApplyBatch, ApplyConflict, OrderRecord, StockRow, StorageState, TradeOutcome};
 use serde::{Deserialize, Serialize};
@@ -40,6 +44,7 @@ use tokio::sync::Mutex;
 use crate::error::CatalogError;
 use crate::metrics::METRICS;
 use crate::rules::{self, Holding};
+use applied::Applied;
 
 pub use common::storage::MAX_RANGE;
 
@@ -101,9 +106,9 @@ impl Sequencer {
 type Changed = Vec<(String, StockValue)>;
 
 pub struct Catalog {
-    db: Database,
+    db: Arc<Database>,
     stocks: sled::Tree,
-    applied: sled::Tree,
+    applied: Arc<Applied>,
     seq: Mutex<Sequencer>,
     /// The stocks as last made durable: what lookups and dumps serve.
     durable: RwLock<BTreeMap<String, StockValue>>,
@@ -111,13 +116,14 @@ pub struct Catalog {
     durable_next: AtomicU64,
     /// The check of every applied order (see `common::storage::scan`).
     scan: Scan,
+    sizes: Sizes,
 }
 
 impl Catalog {
     /// Opens the database and checks every record before it returns: for
     /// tools (`catalog dump`, `--rebuild`) and tests.
     pub fn open(path: &Path) -> Result<Catalog, StoreError> {
-        Self::open_with(path, None, Bounds::SERVICE)
+        Self::open_with(path, None, Bounds::SERVICE, Sizes::SERVICE)
     }
 
     /// Opens the database of the running catalog: every stock is checked
@@ -129,19 +135,21 @@ impl Catalog {
         path: &Path,
         on_damage: impl FnOnce(StoreError) + Send + 'static,
     ) -> Result<Catalog, StoreError> {
-        Self::open_with(path, Some(Box::new(on_damage)), Bounds::SERVICE)
+        let sizes = Sizes::from_env()?;
+        Self::open_with(path, Some(Box::new(on_damage)), Bounds::SERVICE, sizes)
     }
 
     fn open_with(
         path: &Path,
         on_damage: Option<Box<dyn FnOnce(StoreError) + Send>>,
         bounds: Bounds,
+        sizes: Sizes,
     ) -> Result<Catalog, StoreError> {
-        let db = Database::open(path, "the catalog", "catalog")?;
+        let db = Arc::new(Database::open(path, "the catalog", "catalog")?);
         let stocks = db.tree("stocks")?;
-        let applied = db.tree("applied")?;
+        let applied = Arc::new(Applied::open(&db, path)?);
         let format = db.format();
-        let next = storage::next_number(&applied, "applied")?;
+        let next = applied.next()?;
         let epoch = format
             .get_number(db.meta(), "meta", EPOCH_KEY)?
             .unwrap_or(0);
@@ -156,16 +164,12 @@ impl Catalog {
         }
         let scan = match on_damage {
             Some(on_damage) if next > bounds.eager => {
-                verify_applied(format, &applied, next.saturating_sub(bounds.tail), next)?;
-                let applied = applied.clone();
-                Scan::in_background(
-                    "catalog",
-                    move || verify_applied(format, &applied, 0, next),
-                    on_damage,
-                )
+                applied.verify(format, next.saturating_sub(bounds.tail), next)?;
+                let whole = Arc::clone(&applied);
+                Scan::in_background("catalog", move || whole.verify(format, 0, next), on_damage)
             }
             _ => {
-                verify_applied(format, &applied, 0, next)?;
+                applied.verify(format, 0, next)?;
                 Scan::passed()
             }
         };
@@ -181,6 +185,7 @@ impl Catalog {
             durable: RwLock::new(durable),
             durable_next: AtomicU64::new(next),
             scan,
+            sizes,
         })
     }
 
@@ -322,6 +327,14 @@ impl Catalog {
         }
         seq.epoch = batch.epoch;
         seq.next = next;
+        // Not while the background check reads the record.
+        // The batch is durable whatever happens here: a failure fails the
+        // store (later writes are refused), not this batch.
+        if self.scan.state() != ScanState::Running
+            && let Err(e) = self.applied.rotate_if_due(next, self.sizes)
+        {
+            tracing::error!(error = %e, "starting a new tree of applied orders failed");
+        }
         Ok(outcomes)
     }
 
@@ -333,8 +346,8 @@ impl Catalog {
         batch: &ApplyBatch,
     ) -> Result<(Vec<TradeOutcome>, u64, Changed), StoreError> {
         let format = self.db.format();
-        let result =
-            (&self.stocks, &self.applied, self.db.meta()).transaction(|(stocks, applied, meta)| {
+        let result = (&self.stocks, &self.applied.current(), self.db.meta()).transaction(
+            |(stocks, applied, meta)| {
                 let abort = ConflictableTransactionError::Abort;
                 let mut outcomes = Vec::with_capacity(batch.trades.len());
                 let mut changed = Changed::new();
@@ -386,7 +399,8 @@ impl Catalog {
                     )?;
                 }
                 Ok((outcomes, number, changed))
-            });
+            },
+        );
         Ok(result?)
     }
 
@@ -395,8 +409,7 @@ impl Catalog {
     pub fn applied_range(&self, from: u64, limit: u32) -> Result<Vec<OrderRecord>, StoreError> {
         let below = self.durable_next.load(Ordering::Acquire);
         let format = self.db.format();
-        self.db
-            .read(format.range(&self.applied, "applied", from, below, limit))
+        self.db.read(self.applied.range(format, from, below, limit))
     }
 
     /// Makes every write so far durable, counting and timing the flush
@@ -407,43 +420,10 @@ impl Catalog {
     }
 }
 
-/// Checks the applied orders `from..below`: each decodes (and passes its
-/// checksum), the first applied order is 0, and the numbers run without a
-/// gap. Orders applied since (from `below` on) are left alone.
-fn verify_applied(
-    format: Format,
-    applied: &sled::Tree,
-    from: u64,
-    below: u64,
-) -> Result<(), StoreError> {
-    let corrupt = |message: String| StoreError::Corrupt {
-        tree: "applied",
-        message,
-    };
-    if let Some((k, _)) = applied.first()? {
-        let first = storage::decode_number("applied", &k)?;
-        if first != 0 {
-            return Err(corrupt(format!(
-                "order 0 is missing (the first one held is {first})"
-            )));
-        }
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        common::storage::archive::wait_while_closing(self.applied.closing_flag());
     }
-    let mut expected = from;
-    for kv in applied.range(encode_key(from)..encode_key(below)) {
-        let (k, v) = kv?;
-        let number = storage::decode_number("applied", &k)?;
-        if number != expected {
-            return Err(corrupt(format!(
-                "order {expected} is missing (the next one held is {number})"
-            )));
-        }
-        format.decode_numbered::<OrderRecord>("applied", number, &v)?;
-        expected = number.saturating_add(1);
-    }
-    if expected != below {
-        return Err(corrupt(format!("order {expected} is missing")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -677,6 +657,72 @@ mod tests {
         assert_eq!(c.applied_range(0, 10).unwrap().len(), 1);
     }
 
+    /// Older applied orders move into closed segments; ranges read across
+    /// them, also after a stop between a segment's copy and the drop of its
+    /// tree, and the stocks are untouched by it.
+    #[tokio::test]
+    async fn old_applied_orders_move_to_closed_segments() {
+        let sizes = Sizes { segment: 10 };
+        let (dir, c) = catalog().await;
+        drop(c);
+        let path = dir.path().join("db");
+        let open = || {
+            common::storage::open_when_unlocked(|| {
+                Catalog::open_with(&path, None, Bounds::SERVICE, sizes)
+            })
+            .unwrap()
+        };
+        let numbers = |c: &Catalog| -> Vec<u64> {
+            let records = c.applied_range(0, 1000).unwrap();
+            records.iter().map(|r| r.number).collect()
+        };
+        let trees = |c: &Catalog| -> Vec<String> {
+            let names = c.db.engine().tree_names();
+            let names = names
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned());
+            names.filter(|n| n.starts_with("applied")).collect()
+        };
+        {
+            let c = open();
+            for base in (0..32).step_by(4) {
+                let batch = ApplyBatch {
+                    leader_id: None,
+                    epoch: 1,
+                    base,
+                    trades: (0..4).map(|_| trade("AAPL", TradeKind::Sell, 1)).collect(),
+                };
+                c.apply(&batch).await.unwrap();
+                common::wait::wait_until_blocking(
+                    "full trees to move to segments",
+                    std::time::Duration::from_secs(10),
+                    || !c.applied.closing_flag().load(Ordering::Acquire),
+                );
+            }
+            assert_eq!(c.applied.archive.segments(), vec![(0, 12), (12, 24)]);
+            assert_eq!(trees(&c), vec![format!("applied-{:020}", 24)]);
+            assert_eq!(numbers(&c), (0..32).collect::<Vec<_>>());
+            assert_eq!(c.applied_range(10, 4).unwrap()[3].number, 13);
+            // A stop after the tree 24..32 was copied, before its drop.
+            let copied = c.applied.current().iter().map(Result::unwrap).collect();
+            c.applied
+                .archive
+                .close(common::storage::archive::Closing {
+                    first: 24,
+                    end: 32,
+                    trees: vec![("applied", copied)],
+                })
+                .unwrap();
+        }
+        let c = open();
+        assert_eq!(c.applied.archive.end(), 32);
+        assert_eq!(trees(&c), vec![format!("applied-{:020}", 32)]);
+        assert_eq!(numbers(&c), (0..32).collect::<Vec<_>>());
+        assert_eq!(c.position().await.1, 32);
+        assert_eq!(c.get("AAPL").unwrap().unwrap().quantity, 132);
+        c.applied.verify(c.format(), 0, 32).unwrap();
+    }
+
     /// A long record of applied orders is served once its newest orders
     /// are checked; damage further back is found in the background. Damage
     /// in the newest refuses to open.
@@ -709,7 +755,7 @@ mod tests {
             let tx = tx.clone();
             let damage: Box<dyn FnOnce(StoreError) + Send> =
                 Box::new(move |e| tx.send(e.to_string()).unwrap());
-            Catalog::open_with(&path, Some(damage), small)
+            Catalog::open_with(&path, Some(damage), small, Sizes::SERVICE)
         })
         .unwrap();
         let found = rx.recv().unwrap();
@@ -722,7 +768,7 @@ mod tests {
         let err = wait_unlocked(|| {
             let damage: Box<dyn FnOnce(StoreError) + Send> =
                 Box::new(|e| panic!("not reached: {e}"));
-            Catalog::open_with(&path, Some(damage), small)
+            Catalog::open_with(&path, Some(damage), small, Sizes::SERVICE)
         })
         .err()
         .unwrap();
@@ -786,7 +832,7 @@ mod tests {
             assert_eq!(c.scan(), ScanState::Passed);
             let background = started.elapsed();
             let eager = std::time::Instant::now();
-            verify_applied(c.format(), &c.applied, 0, ORDERS).unwrap();
+            c.applied.verify(c.format(), 0, ORDERS).unwrap();
             println!(
                 "catalog with {ORDERS} applied orders, open #{attempt}: serving after \
                  {opened:?} (stocks and tail checked), every record checked in the background \
