@@ -76,6 +76,12 @@ pub struct Rss {
     pub growth_pct: f64,
     /// End over the middle.
     pub second_half_growth_pct: f64,
+    /// The 64-connection trade phase alone (steady load, the log growing
+    /// throughout): at its middle, and its end over its middle. Across both
+    /// trade phases the load steps up in the middle, and the memory a
+    /// higher load holds shows as growth there.
+    pub steady_mid_kib: u64,
+    pub steady_growth_pct: f64,
 }
 
 /// How often the trade phases sample each service's RSS.
@@ -192,12 +198,17 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .await
         .since(&flushes_before);
     let cpu_before = cpu::mark(&pids);
+    let (stop_steady, steady) = tokio::sync::oneshot::channel();
+    let steady = tokio::spawn(memory::sample_rss(
+        pids.iter().map(|(_, p)| *p).collect(),
+        steady,
+    ));
     let trades = measure("trade", frontend, Workload::Trades(trade_names), c, d).await;
     let trade_cpu = cpu::since(&pids, &cpu_before, trades.requests - trades.errors);
     phases.push(trades);
     let _ = stop_sampling.send(());
-    let samples = sampler.await?;
-    let rss = memory::summarize(&pids, &samples);
+    let _ = stop_steady.send(());
+    let rss = memory::summarize(&pids, &sampler.await?, &steady.await?);
 
     let highest = scratch
         .cluster

@@ -80,14 +80,16 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
     }
     for r in &report.rss {
         println!(
-            "rss {:<10} {:>8} KiB -> {:>8} KiB -> {:>8} KiB (start, middle, end of the trade phases; peak {} KiB): {:+.1}% overall, {:+.1}% in the second half",
+            "rss {:<10} {:>8} KiB -> {:>8} KiB -> {:>8} KiB (start, middle, end of the trade phases; peak {} KiB): {:+.1}% overall, {:+.1}% in the second half; {:+.1}% over the second half of the 64-connection phase (from {} KiB)",
             r.service,
             r.start_kib,
             r.mid_kib,
             r.end_kib,
             r.peak_kib,
             r.growth_pct,
-            r.second_half_growth_pct
+            r.second_half_growth_pct,
+            r.steady_growth_pct,
+            r.steady_mid_kib
         );
     }
     println!(

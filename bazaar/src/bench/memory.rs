@@ -20,9 +20,15 @@ pub(super) async fn sample_rss(
     samples
 }
 
-/// Start, middle, end and peak of each service's samples (`samples[t][i]`
-/// is service `i` at time `t`).
-pub(super) fn summarize(pids: &[(String, u32)], samples: &[Vec<u64>]) -> Vec<Rss> {
+/// Start, middle, end and peak of each service's samples over both trade
+/// phases, and the middle and end of those over the 64-connection phase
+/// (`samples[t][i]` is service `i` at time `t`).
+pub(super) fn summarize(
+    pids: &[(String, u32)],
+    samples: &[Vec<u64>],
+    steady: &[Vec<u64>],
+) -> Vec<Rss> {
+    let at = |samples: &[Vec<u64>], t: usize, i: usize| samples.get(t).map_or(0, |s| s[i]);
     pids.iter()
         .enumerate()
         .map(|(i, (service, _))| {
@@ -30,6 +36,8 @@ pub(super) fn summarize(pids: &[(String, u32)], samples: &[Vec<u64>]) -> Vec<Rss
             let start = series.first().copied().unwrap_or(0);
             let mid = series.get(series.len() / 2).copied().unwrap_or(0);
             let end = series.last().copied().unwrap_or(0);
+            let steady_mid = at(steady, steady.len() / 2, i);
+            let steady_end = at(steady, steady.len().saturating_sub(1), i);
             Rss {
                 service: service.clone(),
                 start_kib: start,
@@ -38,6 +46,8 @@ pub(super) fn summarize(pids: &[(String, u32)], samples: &[Vec<u64>]) -> Vec<Rss
                 end_kib: end,
                 growth_pct: growth_pct(start, end),
                 second_half_growth_pct: growth_pct(mid, end),
+                steady_mid_kib: steady_mid,
+                steady_growth_pct: growth_pct(steady_mid, steady_end),
             }
         })
         .collect()
