@@ -191,7 +191,10 @@ impl Archive {
     /// Closes the tail segment (`db`, which holds `first..end` and is
     /// durable): writes the fingerprints of its index keys, renames it
     /// `<first>-<end>`, and from then on serves its records as a closed
-    /// segment. The caller starts the next tail.
+    /// segment. The caller starts the next tail and drops `db`; until the
+    /// last handle on it is gone, a read that opens the segment waits for
+    /// its lock (`open_when_unlocked`), so nothing holds a tail's handle
+    /// for long (the start-up check takes one only for the tail itself).
     pub fn close_tail(&self, first: u64, end: u64, db: &sled::Db) -> Result<(), StoreError> {
         if self.tail() != Some(first) || end <= first {
             return Err(self.corrupt(format!("no tail {first}..{end} to close")));
@@ -213,19 +216,7 @@ impl Archive {
         sync_dir(&self.dir)?;
         *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.push(first, end, fingerprints);
-        // Its reads use the handle that wrote it: the directory cannot be
-        // opened again while that handle lives.
-        self.keep_open(first, db.clone());
         Ok(())
-    }
-
-    /// Puts `db`, the open handle of the segment at `first`, among the few
-    /// kept open.
-    fn keep_open(&self, first: u64, db: sled::Db) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|(f, _)| *f != first);
-        open.push_front((first, db));
-        open.truncate(OPEN_SEGMENTS);
     }
 
     /// Runs `f` on the segment that starts at `first`, opening it if it is
