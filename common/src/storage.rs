@@ -11,8 +11,8 @@
 //! - the one [`StoreError`], big-endian number keys (so `last()` and range
 //!   scans are numeric), the next number after the last key;
 //! - [`scan`]: the start-up check of every record, bounded in time;
-//! - [`archive`]: the older records of a log, moved out of the live
-//!   database into closed segments so that its memory does not grow;
+//! - [`archive`]: the older records of a log in closed segments, sled
+//!   databases of their own, so that no open database grows with the log;
 //! - [`dump`]: reading a stopped service's files, or asking the running
 //!   service that holds their lock (`catalog dump`, `order dump`).
 //!

@@ -245,11 +245,7 @@ impl OrderLog {
                 })
                 .map_err(StoreError::from)
         })?;
-        self.parts.db.health().check()?;
-        METRICS
-            .flush
-            .time(self.parts.db.flush_also(&tail.db))
-            .await?;
+        self.flush_of(&tail.db).await?;
         self.next.store(new_next, Ordering::Release);
         METRICS
             .highest
@@ -274,16 +270,26 @@ impl OrderLog {
         let db = &self.parts.db;
         let value = db.format().encode_number(EPOCH_KEY, epoch);
         db.write(|| Ok(db.meta().insert(EPOCH_KEY, value)?))?;
-        self.flush().await?;
+        self.flush_of(db.engine()).await?;
         self.epoch.store(epoch, Ordering::Release);
         Ok(())
     }
 
-    /// Makes every write of the root database so far durable, counting and
-    /// timing the flush (a refused one, after a failure, is not a flush).
+    /// Makes every write so far durable, the tail's and the root's (at
+    /// shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let tail = self.parts.tail();
+        if !tail.root {
+            self.flush_of(&tail.db).await?;
+        }
+        self.flush_of(self.parts.db.engine()).await
+    }
+
+    /// Flushes one of the log's databases, counting and timing it (a
+    /// refused one, after a failure, is not a flush).
+    async fn flush_of(&self, db: &sled::Db) -> Result<(), StoreError> {
         self.parts.db.health().check()?;
-        METRICS.flush.time(self.parts.db.flush()).await
+        METRICS.flush.time(self.parts.db.flush_also(db)).await
     }
 }
 

@@ -199,15 +199,7 @@ impl Archive {
         if self.tail() != Some(first) || end <= first {
             return Err(self.corrupt(format!("no tail {first}..{end} to close")));
         }
-        let mut fingerprints = Vec::new();
-        if let Some(index) = self.index {
-            for kv in db.open_tree(index)?.iter() {
-                fingerprints.push(fingerprint(&kv?.0));
-            }
-            fingerprints.sort_unstable();
-            fingerprints.dedup();
-            write_fingerprints(&self.dir, first, end, &fingerprints)?;
-        }
+        let fingerprints = self.write_fingerprints_of(db, first, end)?;
         std::fs::rename(
             self.dir.join(tail_name(first)),
             self.dir.join(name(first, end)),
@@ -321,9 +313,9 @@ impl Archive {
         Ok(None)
     }
 
-    /// Writes a new closed segment (steps 1 to 3 above); from its return
-    /// on, reads of `first..end` go to it. Its `first` must be
-    /// [`end`](Self::end).
+    /// Writes a new closed segment by copying `closing`'s entries (under a
+    /// `.new` name, flushed, renamed into place); from its return on, reads
+    /// of `first..end` go to it. Its `first` must be [`end`](Self::end).
     pub fn close(&self, closing: Closing) -> Result<(), StoreError> {
         let Closing { first, end, trees } = closing;
         let follows = self.read().last().is_none_or(|s| s.end == first);
@@ -339,8 +331,7 @@ impl Archive {
         if copy.exists() {
             remove(&copy)?;
         }
-        let mut fingerprints = Vec::new();
-        {
+        let fingerprints = {
             let db = open_segment(&copy)?;
             for (tree, entries) in &trees {
                 let target = db.open_tree(tree)?;
@@ -350,20 +341,13 @@ impl Archive {
                     let mut batch = sled::Batch::default();
                     for (k, v) in chunk {
                         batch.insert(k.clone(), v.clone());
-                        if Some(*tree) == self.index {
-                            fingerprints.push(fingerprint(k));
-                        }
                     }
                     target.apply_batch(batch)?;
                 }
             }
             db.flush()?;
-        }
-        fingerprints.sort_unstable();
-        fingerprints.dedup();
-        if self.index.is_some() {
-            write_fingerprints(&self.dir, first, end, &fingerprints)?;
-        }
+            self.write_fingerprints_of(&db, first, end)?
+        };
         std::fs::rename(&copy, &final_path).map_err(io)?;
         sync_dir(&self.dir)?;
         self.push(first, end, fingerprints);
@@ -407,9 +391,9 @@ impl Archive {
     /// from the segment and written anew when the file is missing or fails
     /// its checksum.
     fn fingerprints_of(&self, first: u64, end: u64) -> Result<Vec<u32>, StoreError> {
-        let Some(index) = self.index else {
+        if self.index.is_none() {
             return Ok(Vec::new());
-        };
+        }
         let file = self.dir.join(format!("{}.keys", name(first, end)));
         if let Some(fps) = std::fs::read(&file)
             .ok()
@@ -418,6 +402,20 @@ impl Archive {
             return Ok(fps);
         }
         let db = open_segment(&self.dir.join(name(first, end)))?;
+        self.write_fingerprints_of(&db, first, end)
+    }
+
+    /// The sorted fingerprints of the index keys in `db` (the segment
+    /// `first..end`), written to its file; none without an index.
+    fn write_fingerprints_of(
+        &self,
+        db: &sled::Db,
+        first: u64,
+        end: u64,
+    ) -> Result<Vec<u32>, StoreError> {
+        let Some(index) = self.index else {
+            return Ok(Vec::new());
+        };
         let mut fps = Vec::new();
         for kv in db.open_tree(index)?.iter() {
             fps.push(fingerprint(&kv?.0));

@@ -36,11 +36,16 @@ impl Sizes {
 
 /// Waits (on this thread) while a segment is being closed: a store being
 /// dropped lets its closing finish, so that nothing writes its files once
-/// it is gone (`catalog --rebuild` moves them right after).
+/// it is gone (`catalog --rebuild` moves them right after). Gives up after
+/// a minute, saying so.
 pub fn wait_while_closing(closing: &std::sync::atomic::AtomicBool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while closing.load(std::sync::atomic::Ordering::Acquire) && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    let closed = crate::wait::try_poll_blocking(
+        "a segment to close",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(2),
+        || (!closing.load(std::sync::atomic::Ordering::Acquire)).then_some(()),
+    );
+    if let Err(e) = closed {
+        tracing::error!(error = %e, "dropping a store while it still closes a segment");
     }
 }
