@@ -149,10 +149,18 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if !self.passed
-            && let Ok(o) = run(&mut self.command(&["logs", "--no-color", "--tail", "60"]))
-        {
-            let _ = std::io::stderr().write_all(&o.stdout);
+        if !self.passed {
+            if let Ok(o) = run(&mut self.command(&["logs", "--no-color", "--tail", "60"])) {
+                let _ = std::io::stderr().write_all(&o.stdout);
+            }
+            // Every line of every container, kept for whoever reads the
+            // failure (the stack itself is removed below).
+            let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", self.project));
+            if let Ok(o) = run(&mut self.command(&["logs", "--no-color", "--timestamps"]))
+                && std::fs::write(&kept, &o.stdout).is_ok()
+            {
+                report(&format!("the stack's full logs: {}", kept.display()));
+            }
         }
         for c in &self.extra_containers {
             let _ = run(Command::new("docker").args(["rm", "-f", c]));

@@ -15,6 +15,7 @@
 //! acknowledged, and its caller's retry (same key) applies it again.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::client::ServiceClient;
@@ -73,7 +74,7 @@ pub async fn rebuild(config: &Config) -> anyhow::Result<Rebuilt> {
             )
         })?;
     }
-    let building = Catalog::open(&staging)?;
+    let building = Arc::new(Catalog::open(&staging)?);
     let stocks = building.load_initial(&config.catalog.stocks).await?;
     building.fence(epoch, None).await?;
     let orders = replay(&building, &client, &url, epoch, &config.catalog.stocks).await?;
@@ -137,7 +138,7 @@ async fn best_replica(
 /// Applies every order of the replica at `url`, page by page, each under
 /// its own number; returns how many.
 async fn replay(
-    catalog: &Catalog,
+    catalog: &Arc<Catalog>,
     client: &ServiceClient,
     url: &str,
     epoch: u64,

@@ -274,8 +274,18 @@ impl Catalog {
 
     /// `leader` announces itself as the leader of `epoch`; older leaders,
     /// and any other leader of this epoch, are refused from now on.
-    /// Returns the next order number the catalog expects.
-    pub async fn fence(&self, epoch: u64, leader: Option<u32>) -> Result<u64, CatalogError> {
+    /// Returns the next order number the catalog expects. Runs to the end
+    /// even if the caller stops waiting (see [`apply`](Self::apply)).
+    pub async fn fence(
+        self: &Arc<Self>,
+        epoch: u64,
+        leader: Option<u32>,
+    ) -> Result<u64, CatalogError> {
+        let this = Arc::clone(self);
+        to_the_end("fence", async move { this.fence_now(epoch, leader).await }).await
+    }
+
+    async fn fence_now(&self, epoch: u64, leader: Option<u32>) -> Result<u64, CatalogError> {
         let mut seq = self.seq.lock().await;
         seq.admit(epoch, leader)?;
         let new_leader = leader.is_some() && seq.leader != leader;
@@ -302,7 +312,23 @@ impl Catalog {
     /// Applies the trades of a batch in order, atomically and durably, by
     /// [`rules::trade`]. The successful ones take the numbers `base`,
     /// `base + 1`, ...; a refused one is an outcome, not an error.
-    pub async fn apply(&self, batch: &ApplyBatch) -> Result<Vec<TradeOutcome>, CatalogError> {
+    ///
+    /// The work runs in a task of its own, to the end, even when the caller
+    /// stops waiting (a leader that timed out closes its connection, and
+    /// the server drops the request). Dropped between its transaction and
+    /// the end of its flush, the batch would be in the database but not in
+    /// the sequence: the next batch would take the same numbers, overwrite
+    /// its record and apply on top of its stock changes.
+    pub async fn apply(
+        self: &Arc<Self>,
+        batch: &ApplyBatch,
+    ) -> Result<Vec<TradeOutcome>, CatalogError> {
+        let this = Arc::clone(self);
+        let batch = batch.clone();
+        to_the_end("apply", async move { this.apply_now(&batch).await }).await
+    }
+
+    async fn apply_now(&self, batch: &ApplyBatch) -> Result<Vec<TradeOutcome>, CatalogError> {
         let mut seq = self.seq.lock().await;
         seq.admit(batch.epoch, batch.leader_id)?;
         if batch.base != seq.next {
@@ -420,6 +446,32 @@ impl Catalog {
     }
 }
 
+/// Runs `work` in a task of its own and waits for it: dropping the wait
+/// does not stop the work. A panic in it goes on in the caller.
+async fn to_the_end<T: Send + 'static>(
+    what: &'static str,
+    work: impl Future<Output = Result<T, CatalogError>> + Send + 'static,
+) -> Result<T, CatalogError> {
+    /// Says so when the caller stops waiting (the work goes on).
+    struct Waiting(&'static str);
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            tracing::warn!(
+                what = self.0,
+                "the caller stopped waiting; the work runs to its end"
+            );
+        }
+    }
+    let waiting = Waiting(what);
+    let joined = tokio::spawn(work).await;
+    std::mem::forget(waiting);
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Engine("the runtime is shutting down".into()).into()),
+    }
+}
+
 impl Drop for Catalog {
     fn drop(&mut self) {
         common::storage::archive::wait_while_closing(self.applied.closing_flag());
@@ -440,13 +492,13 @@ mod tests {
         }
     }
 
-    async fn catalog() -> (tempfile::TempDir, Catalog) {
+    async fn catalog() -> (tempfile::TempDir, Arc<Catalog>) {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("s.csv");
         std::fs::write(&csv, "name,price,quantity\nAAPL,15.99,100\nMSFT,1.5,10\n").unwrap();
         let c = Catalog::open(&dir.path().join("db")).unwrap();
         assert_eq!(c.load_initial(&csv).await.unwrap(), 2);
-        (dir, c)
+        (dir, Arc::new(c))
     }
 
     #[tokio::test]
@@ -472,6 +524,77 @@ mod tests {
         assert_eq!((s.quantity, s.volume), (45, 65));
         assert_eq!(c.applied_range(0, 10).unwrap().len(), 2);
         assert_eq!(c.position().await, (1, 2));
+    }
+
+    /// A caller that gives up (its connection closes, the request times
+    /// out) drops the apply future. A batch whose transaction ran must still
+    /// take its numbers, or the next batch would apply on top of it under
+    /// the same numbers and the stocks would count both.
+    #[tokio::test]
+    async fn an_apply_dropped_while_it_flushes_still_takes_its_numbers() {
+        let (d, c) = catalog().await;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let (mut dropped, mut applied) = (0, 0);
+        for round in 0..50 {
+            let (epoch, next) = c.position().await;
+            let batch = ApplyBatch {
+                leader_id: Some(1),
+                epoch: epoch.max(1),
+                base: next,
+                // Large enough that the flush is still running when the
+                // first poll returns.
+                trades: (0..2000)
+                    .map(|i| TradeCommand {
+                        key: format!("r{round}-{i}"),
+                        ..trade("AAPL", [TradeKind::Buy, TradeKind::Sell][i % 2], 1)
+                    })
+                    .collect(),
+            };
+            let mut apply = std::pin::pin!(c.apply(&batch));
+            match apply.as_mut().poll(&mut cx) {
+                std::task::Poll::Pending => dropped += 1,
+                std::task::Poll::Ready(Ok(_)) => applied += 1,
+                // The dropped batch before took this base.
+                std::task::Poll::Ready(Err(CatalogError::Conflict(ApplyConflict::Sequence {
+                    ..
+                }))) => {}
+                std::task::Poll::Ready(Err(e)) => panic!("{e}"),
+            }
+        }
+        assert!(dropped > 0, "no apply was dropped mid-way ({applied} ran)");
+        let (epoch, next) = c.position().await;
+        let mut last = ApplyBatch {
+            leader_id: Some(1),
+            epoch: epoch.max(1),
+            base: next,
+            trades: vec![trade("AAPL", TradeKind::Buy, 1)],
+        };
+        // The dropped batches may still be running: they come first.
+        while let Err(e) = c.apply(&last).await {
+            let CatalogError::Conflict(ApplyConflict::Sequence { next }) = e else {
+                panic!("{e}");
+            };
+            last.base = next;
+        }
+        // Every batch that ran is durable and numbered once: the volume the
+        // stocks show, also after a restart, is the sum of the orders on
+        // record.
+        drop(c);
+        let c = reopen(&d.path().join("db")).unwrap();
+        let (_, next) = c.position().await;
+        let mut on_record = 0;
+        let mut from = 0;
+        while from < next {
+            let page = c.applied_range(from, 1000).unwrap();
+            assert!(!page.is_empty(), "orders from {from} are missing");
+            from += page.len() as u64;
+            on_record += page.iter().map(|o| o.quantity).sum::<u64>();
+        }
+        let s = c.get("AAPL").unwrap().unwrap();
+        assert_eq!(
+            s.volume, on_record,
+            "{dropped} applies dropped, {applied} ran"
+        );
     }
 
     #[tokio::test]
@@ -579,7 +702,7 @@ mod tests {
         std::fs::write(&csv, "name,price,quantity\nAAPL,15.99,100\n").unwrap();
         let path = dir.path().join("db");
         {
-            let c = Catalog::open(&path).unwrap();
+            let c = Arc::new(Catalog::open(&path).unwrap());
             c.load_initial(&csv).await.unwrap();
             let batch = ApplyBatch {
                 leader_id: None,
@@ -667,10 +790,12 @@ mod tests {
         drop(c);
         let path = dir.path().join("db");
         let open = || {
-            common::storage::open_when_unlocked(|| {
-                Catalog::open_with(&path, None, Bounds::SERVICE, sizes)
-            })
-            .unwrap()
+            Arc::new(
+                common::storage::open_when_unlocked(|| {
+                    Catalog::open_with(&path, None, Bounds::SERVICE, sizes)
+                })
+                .unwrap(),
+            )
         };
         let numbers = |c: &Catalog| -> Vec<u64> {
             let records = c.applied_range(0, 1000).unwrap();
@@ -789,7 +914,7 @@ mod tests {
         std::fs::write(&csv, "name,price,quantity\nAAPL,15.99,100\n").unwrap();
         let path = dir.path().join("db");
         {
-            let c = Catalog::open(&path).unwrap();
+            let c = Arc::new(Catalog::open(&path).unwrap());
             c.load_initial(&csv).await.unwrap();
             let mut base = 0;
             while base < ORDERS {
@@ -857,8 +982,8 @@ mod tests {
         }
     }
 
-    fn reopen(path: &Path) -> Result<Catalog, StoreError> {
-        wait_unlocked(|| Catalog::open(path))
+    fn reopen(path: &Path) -> Result<Arc<Catalog>, StoreError> {
+        wait_unlocked(|| Catalog::open(path)).map(Arc::new)
     }
 
     fn open_when_unlocked(path: &Path) -> sled::Db {

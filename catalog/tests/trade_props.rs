@@ -47,7 +47,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A catalog in `dir` holding AAPL and MSFT with the given quantities.
-async fn open_catalog(dir: &Path, initial: [u64; 2]) -> Catalog {
+async fn open_catalog(dir: &Path, initial: [u64; 2]) -> Arc<Catalog> {
     let csv = dir.join("stocks.csv");
     std::fs::write(
         &csv,
@@ -59,7 +59,7 @@ async fn open_catalog(dir: &Path, initial: [u64; 2]) -> Catalog {
     .expect("write stocks");
     let c = Catalog::open(&dir.join("db")).expect("open catalog");
     assert_eq!(c.load_initial(&csv).await.expect("load stocks"), 2);
-    c
+    Arc::new(c)
 }
 
 /// Quantities near every edge: small, huge, arbitrary.
@@ -321,7 +321,7 @@ fn sequential_batches_match_the_wide_integer_model() {
 
 /// Applies `t` as a leader would: at the catalog's next number, again after
 /// a sequence conflict (another task took that number).
-async fn apply_one(c: &Catalog, t: TradeCommand) -> TradeOutcome {
+async fn apply_one(c: &Arc<Catalog>, t: TradeCommand) -> TradeOutcome {
     for _ in 0..10_000 {
         let base = c.position().await.1;
         let batch = ApplyBatch {
@@ -504,7 +504,7 @@ fn corrupt_database_files_give_errors_not_panics() {
         rt.block_on(async {
             // Open may refuse the files; whatever it accepts must be
             // readable without a panic, and a trade on it fails cleanly.
-            let Ok(c) = Catalog::open(&path) else {
+            let Ok(c) = Catalog::open(&path).map(Arc::new) else {
                 return;
             };
             for (name, _) in &g.stocks {
@@ -578,8 +578,8 @@ fn highest_possible_order_numbers_are_errors_not_panics() {
 }
 
 /// `Catalog::open` once the lock of a just-dropped handle is released.
-fn reopen(path: &Path) -> Result<Catalog, StoreError> {
-    common::storage::open_when_unlocked(|| Catalog::open(path))
+fn reopen(path: &Path) -> Result<Arc<Catalog>, StoreError> {
+    common::storage::open_when_unlocked(|| Catalog::open(path)).map(Arc::new)
 }
 
 /// Opens the sled directory a just-dropped catalog used, once its lock is
