@@ -149,12 +149,15 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if !self.passed {
-            if let Ok(o) = run(&mut self.command(&["logs", "--no-color", "--tail", "60"])) {
-                let _ = std::io::stderr().write_all(&o.stdout);
-            }
+        if !self.passed
+            && let Ok(o) = run(&mut self.command(&["logs", "--no-color", "--tail", "60"]))
+        {
+            let _ = std::io::stderr().write_all(&o.stdout);
+        }
+        if !self.passed || std::env::var_os("BAZAAR_KEEP_LOGS").is_some() {
             // Every line of every container, kept for whoever reads the
-            // failure (the stack itself is removed below).
+            // failure, or always with BAZAAR_KEEP_LOGS set (the stack
+            // itself is removed below).
             let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", self.project));
             if let Ok(o) = run(&mut self.command(&["logs", "--no-color", "--timestamps"]))
                 && std::fs::write(&kept, &o.stdout).is_ok()

@@ -24,6 +24,7 @@
 //! order log.
 
 mod applied;
+mod batch;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,19 +33,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use common::storage::archive::Sizes;
-use common::storage::{
-    Bounds, Database, Format, Scan, ScanState, StorageHealth, StoreError, encode_key,
-};
+use common::storage::{Bounds, Database, Format, Scan, ScanState, StorageHealth, StoreError};
 use common::types::{ApplyBatch, ApplyConflict, OrderRecord, StockRow, StorageState, TradeOutcome};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 use tokio::sync::Mutex;
 
 use crate::error::CatalogError;
 use crate::metrics::METRICS;
-use crate::rules::{self, Holding};
+use crate::rules::Holding;
 use applied::Applied;
+use batch::to_the_end;
 
 pub use common::storage::MAX_RANGE;
 
@@ -310,7 +308,7 @@ impl Catalog {
     }
 
     /// Applies the trades of a batch in order, atomically and durably, by
-    /// [`rules::trade`]. The successful ones take the numbers `base`,
+    /// [`crate::rules::trade`]. The successful ones take the numbers `base`,
     /// `base + 1`, ...; a refused one is an outcome, not an error.
     ///
     /// The work runs in a task of its own, to the end, even when the caller
@@ -343,6 +341,7 @@ impl Catalog {
         let count = u64::try_from(batch.trades.len()).map_err(|_| exhausted())?;
         batch.base.checked_add(count).ok_or_else(exhausted)?;
         let (outcomes, next, changed) = self.db.write(|| self.transact(batch))?;
+        common::fault::point(common::fault::CATALOG_BEFORE_FLUSH);
         self.flush().await?;
         self.make_durable(changed);
         self.durable_next.store(next, Ordering::Release);
@@ -364,72 +363,6 @@ impl Catalog {
         Ok(outcomes)
     }
 
-    /// The transaction of [`apply`](Self::apply): outcomes, the next
-    /// number, and the stocks it changed (in order; a later change of the
-    /// same stock comes later).
-    fn transact(
-        &self,
-        batch: &ApplyBatch,
-    ) -> Result<(Vec<TradeOutcome>, u64, Changed), StoreError> {
-        let format = self.db.format();
-        let result = (&self.stocks, &self.applied.current(), self.db.meta()).transaction(
-            |(stocks, applied, meta)| {
-                let abort = ConflictableTransactionError::Abort;
-                let mut outcomes = Vec::with_capacity(batch.trades.len());
-                let mut changed = Changed::new();
-                let mut number = batch.base;
-                for t in &batch.trades {
-                    let key = t.name.as_bytes();
-                    let stock = match stocks.get(key)? {
-                        Some(raw) => Some(
-                            format
-                                .decode::<StockValue>("stocks", key, &raw)
-                                .map_err(abort)?,
-                        ),
-                        None => None,
-                    };
-                    let (stock, held) = match (stock, rules::trade(stock.map(StockValue::held), t))
-                    {
-                        (_, Err(rejection)) => {
-                            outcomes.push(rejection.into());
-                            continue;
-                        }
-                        (Some(stock), Ok(held)) => (stock, held),
-                        (None, Ok(_)) => unreachable!("the rules refuse trades on unknown stocks"),
-                    };
-                    let value = StockValue {
-                        quantity: held.quantity,
-                        volume: held.volume,
-                        ..stock
-                    };
-                    stocks.insert(key, format.encode(key, &value))?;
-                    changed.push((t.name.clone(), value));
-                    let record = OrderRecord {
-                        number,
-                        name: t.name.clone(),
-                        kind: t.kind,
-                        quantity: t.quantity,
-                        key: t.key.clone(),
-                    };
-                    let number_key = encode_key(number);
-                    applied.insert(&number_key, format.encode(&number_key, &record))?;
-                    outcomes.push(TradeOutcome::Applied { number });
-                    // Checked above: base + batch length fits in a u64.
-                    number = number.saturating_add(1);
-                }
-                meta.insert(EPOCH_KEY, format.encode_number(EPOCH_KEY, batch.epoch))?;
-                if let Some(leader) = batch.leader_id {
-                    meta.insert(
-                        LEADER_KEY,
-                        format.encode_number(LEADER_KEY, u64::from(leader)),
-                    )?;
-                }
-                Ok((outcomes, number, changed))
-            },
-        );
-        Ok(result?)
-    }
-
     /// Applied orders `from..from+limit` (at most [`MAX_RANGE`]), durable
     /// ones only.
     pub fn applied_range(&self, from: u64, limit: u32) -> Result<Vec<OrderRecord>, StoreError> {
@@ -446,32 +379,6 @@ impl Catalog {
     }
 }
 
-/// Runs `work` in a task of its own and waits for it: dropping the wait
-/// does not stop the work. A panic in it goes on in the caller.
-async fn to_the_end<T: Send + 'static>(
-    what: &'static str,
-    work: impl Future<Output = Result<T, CatalogError>> + Send + 'static,
-) -> Result<T, CatalogError> {
-    /// Says so when the caller stops waiting (the work goes on).
-    struct Waiting(&'static str);
-    impl Drop for Waiting {
-        fn drop(&mut self) {
-            tracing::warn!(
-                what = self.0,
-                "the caller stopped waiting; the work runs to its end"
-            );
-        }
-    }
-    let waiting = Waiting(what);
-    let joined = tokio::spawn(work).await;
-    std::mem::forget(waiting);
-    match joined {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(StoreError::Engine("the runtime is shutting down".into()).into()),
-    }
-}
-
 impl Drop for Catalog {
     fn drop(&mut self) {
         common::storage::archive::wait_while_closing(self.applied.closing_flag());
@@ -481,6 +388,7 @@ impl Drop for Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::storage::encode_key;
     use common::types::{TradeCommand, TradeKind};
 
     fn trade(name: &str, kind: TradeKind, quantity: u64) -> TradeCommand {

@@ -20,6 +20,9 @@ pub const AFTER_LOCAL_APPEND: &str = "after-local-append";
 pub const BEFORE_ACK: &str = "before-ack";
 /// After the catalog committed a batch, before it answers the leader.
 pub const CATALOG_BEFORE_REPLY: &str = "catalog-before-reply";
+/// After the catalog wrote a batch, before its flush: the leader may hang
+/// up here.
+pub const CATALOG_BEFORE_FLUSH: &str = "catalog-before-flush";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
