@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod request_id;
 pub mod stocks;
 pub mod storage;
+pub mod task;
 pub mod telemetry;
 pub mod types;
 pub mod wait;

@@ -187,9 +187,10 @@ async fn propagate(
     // Run to completion even if the leader gives up waiting, so a catch-up
     // is never cut between its write and its flush.
     let node = s.node.clone();
-    let next = tokio::spawn(async move { crate::replication::receive(&node, p).await })
-        .await
-        .map_err(|e| OrderError::Unavailable(format!("propagation task failed: {e}")))??;
+    let next = to_the_end("propagation", async move {
+        crate::replication::receive(&node, p).await
+    })
+    .await?;
     Ok(Json(SyncInfo {
         highest: next.checked_sub(1),
         epoch: s.node.role().epoch,
@@ -200,5 +201,26 @@ async fn leader_notice(
     State(s): State<AppState>,
     JsonBody(n): JsonBody<LeaderNotice>,
 ) -> Result<Json<Health>, OrderError> {
-    Ok(Json(crate::takeover::on_leader_notice(&s.node, n).await?))
+    // The new epoch is persisted, then taken in memory: both, even if the
+    // front-end gives up waiting.
+    let node = s.node.clone();
+    let health = to_the_end("leader notice", async move {
+        crate::takeover::on_leader_notice(&node, n).await
+    })
+    .await?;
+    Ok(Json(health))
+}
+
+/// [`common::task::to_the_end`] for a route's work.
+async fn to_the_end<T: Send + 'static>(
+    what: &'static str,
+    work: impl Future<Output = Result<T, OrderError>> + Send + 'static,
+) -> Result<T, OrderError> {
+    common::task::to_the_end(what, work)
+        .await
+        .unwrap_or_else(|| {
+            Err(OrderError::Unavailable(
+                "the replica is shutting down".into(),
+            ))
+        })
 }

@@ -1,6 +1,6 @@
 //! The write of one batch: the transaction that applies its trades to the
 //! stocks and records them ([`Catalog::transact`]), and the task that
-//! carries an apply or a fence to its end whoever waits for it
+//! carries an apply or a fence to its end whether or not anyone still waits
 //! ([`to_the_end`]).
 
 use common::storage::{StoreError, encode_key};
@@ -80,28 +80,13 @@ impl Catalog {
     }
 }
 
-/// Runs `work` in a task of its own and waits for it: dropping the wait
-/// does not stop the work. A panic in it goes on in the caller.
+/// [`common::task::to_the_end`] for the store's work: an apply or a fence
+/// ends whole even when its request is dropped.
 pub(super) async fn to_the_end<T: Send + 'static>(
     what: &'static str,
     work: impl Future<Output = Result<T, CatalogError>> + Send + 'static,
 ) -> Result<T, CatalogError> {
-    /// Says so when the caller stops waiting (the work goes on).
-    struct Waiting(&'static str);
-    impl Drop for Waiting {
-        fn drop(&mut self) {
-            tracing::warn!(
-                what = self.0,
-                "the caller stopped waiting; the work runs to its end"
-            );
-        }
-    }
-    let waiting = Waiting(what);
-    let joined = tokio::spawn(work).await;
-    std::mem::forget(waiting);
-    match joined {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(StoreError::Engine("the runtime is shutting down".into()).into()),
-    }
+    common::task::to_the_end(what, work)
+        .await
+        .unwrap_or_else(|| Err(StoreError::Engine("the runtime is shutting down".into()).into()))
 }

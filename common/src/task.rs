@@ -1,0 +1,69 @@
+//! Work that must not stop halfway because its caller stopped waiting.
+//!
+//! A server drops a request's future when the caller hangs up (hyper does
+//! as soon as it reads the connection's end) or when the request times
+//! out. Work with several steps that must all happen or none — a write,
+//! its flush, then the in-memory state that says it is durable — runs
+//! through [`to_the_end`] instead of inside the request's future.
+
+/// Runs `work` in a task of its own and waits for it: dropping the wait
+/// does not stop the work, and says so in the log under `what`. A panic in
+/// the work goes on in the caller. `None` only when the runtime is shutting
+/// down.
+pub async fn to_the_end<T: Send + 'static>(
+    what: &'static str,
+    work: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    /// Logs when the caller stops waiting.
+    struct Waiting(&'static str);
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            tracing::warn!(
+                what = self.0,
+                "the caller stopped waiting; the work runs to its end"
+            );
+        }
+    }
+    let waiting = Waiting(what);
+    let joined = tokio::spawn(work).await;
+    std::mem::forget(waiting);
+    match joined {
+        Ok(result) => Some(result),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn dropped_waits_do_not_stop_the_work() {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let waiting = to_the_end("test", async move {
+            let _ = wait.await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        // Dropped while the work waits.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), waiting)
+                .await
+                .is_err()
+        );
+        go.send(()).unwrap();
+        crate::wait::poll(
+            "the work to finish",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || async { done.load(Ordering::SeqCst).then_some(()) },
+        )
+        .await;
+        assert_eq!(to_the_end("test", async { 7 }).await, Some(7));
+    }
+}
