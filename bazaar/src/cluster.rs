@@ -239,9 +239,15 @@ impl Cluster {
             if let Some(status) = exited
                 && !restarting
             {
+                // The last lines too: a scratch cluster's directory, and
+                // the log with it, is gone once the caller gives up.
+                let log = self.log_path(s);
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join("\n");
                 bail!(
-                    "{s} exited with {status} during start-up; see {}",
-                    self.log_path(s).display()
+                    "{s} exited with {status} during start-up; see {}:\n{tail}",
+                    log.display()
                 );
             }
             if Instant::now() > deadline {

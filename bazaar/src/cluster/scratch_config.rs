@@ -106,7 +106,12 @@ pub fn write_scratch_config(dir: &Path, opts: &ScratchOptions) -> anyhow::Result
     Ok(path)
 }
 
-/// Ports the kernel hands out for port 0, all held at once so they differ.
+/// Free loopback ports, all held at once so they differ.
+///
+/// They are taken below the kernel's ephemeral range where it leaves room:
+/// a port from that range (what binding port 0 gives) can be taken by any
+/// outgoing connection's local end between this pick and the service's
+/// own bind, and the service then fails to start ("address in use").
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     // The kernel may hand a port it just freed to the next caller, and
     // clusters started at once in one process (tests run in parallel) would
@@ -116,14 +121,23 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let mut handed_out = HANDED_OUT
         .lock()
         .map_err(|_| anyhow::anyhow!("the port registry is poisoned"))?;
+    let below_ephemeral = below_ephemeral_range();
     let mut held = Vec::new();
     let mut ports = Vec::with_capacity(n);
-    // Bounded: the ephemeral range holds tens of thousands of ports.
+    // Bounded: either range holds thousands of ports.
     for _ in 0..n.saturating_mul(64).max(64) {
         if ports.len() == n {
             break;
         }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let wanted = below_ephemeral
+            .as_ref()
+            .map_or(0, |range| rand::random_range(range.clone()));
+        if wanted != 0 && handed_out.contains(&wanted) {
+            continue;
+        }
+        let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", wanted)) else {
+            continue;
+        };
         let port = listener.local_addr()?.port();
         if handed_out.insert(port) {
             ports.push(port);
@@ -132,6 +146,15 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     }
     anyhow::ensure!(ports.len() == n, "could not find {n} unused ports");
     Ok(ports)
+}
+
+/// The ports from 10000 up to the start of the kernel's ephemeral range,
+/// when that leaves at least a thousand; `None` otherwise (then port 0).
+fn below_ephemeral_range() -> Option<std::ops::Range<u16>> {
+    const FROM: u16 = 10_000;
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let start: u16 = text.split_whitespace().next()?.parse().ok()?;
+    (start >= FROM + 1_000).then_some(FROM..start)
 }
 
 #[cfg(test)]
@@ -154,6 +177,19 @@ mod tests {
             dir.path().join("db/order-1")
         );
         assert_eq!(config.catalog.db_path, dir.path().join("db/catalog"));
+    }
+
+    #[test]
+    fn free_ports_differ_and_avoid_the_ephemeral_range() {
+        let ports = free_ports(40).unwrap();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), 40);
+        if let Some(range) = below_ephemeral_range() {
+            assert!(ports.iter().all(|p| range.contains(p)), "{ports:?}");
+        }
+        for p in ports {
+            drop(std::net::TcpListener::bind(("127.0.0.1", p)).expect("still free"));
+        }
     }
 
     #[test]
