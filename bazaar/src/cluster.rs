@@ -29,7 +29,8 @@ use nix::unistd::Pid;
 use procs::Procs;
 use supervise::Supervisor;
 
-pub use scratch_config::{SHIPPED_STOCKS, ScratchOptions, free_ports, write_scratch_config};
+pub use common::ports::free_ports;
+pub use scratch_config::{SHIPPED_STOCKS, ScratchOptions, write_scratch_config};
 pub use supervise::{
     LastExit, RESTART_FIRST_DELAY, RESTART_MAX_DELAY, RESTART_STABLE_AFTER, SUPERVISE_EVERY,
     Supervised, next_delay,

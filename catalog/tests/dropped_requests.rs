@@ -19,11 +19,6 @@ use tokio::io::AsyncWriteExt;
 /// Trades in the batch (the most the catalog takes).
 const BATCH: u64 = 4096;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
-}
-
 /// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
 fn stopped(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -63,16 +58,28 @@ async fn health(http: &reqwest::Client, base: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
-/// The catalog's highest applied order, once it answers.
-async fn highest(http: &reqwest::Client, base: &str) -> Option<u64> {
-    let h = poll(
-        "the catalog to answer /health",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || health(http, base),
-    )
-    .await;
-    h["highest"].as_u64()
+/// The catalog's highest applied order, once it answers; the catalog's
+/// log when it exits or does not answer.
+async fn highest(
+    http: &reqwest::Client,
+    base: &str,
+    catalog: &mut Child,
+    log: &Path,
+) -> Option<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(h) = health(http, base).await {
+            return h["highest"].as_u64();
+        }
+        let exited = catalog.try_wait().expect("catalog status");
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            panic!(
+                "the catalog does not answer /health (exit: {exited:?}); its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -80,7 +87,8 @@ async fn a_batch_whose_caller_hangs_up_is_applied_whole_or_not_at_all() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     std::fs::write(d.join("stocks.csv"), "name,price,quantity\nGOOG,1.5,100\n").expect("stocks");
-    let port = free_port();
+    let ports = common::ports::free_ports(5).expect("free ports");
+    let port = ports[0];
     // Replicas nobody runs: the catalog's start-up look at them finds none.
     let config = d.join("config.yaml");
     std::fs::write(
@@ -91,11 +99,11 @@ async fn a_batch_whose_caller_hangs_up_is_applied_whole_or_not_at_all() {
              orders:\n{orders}",
             db = d.join("db").display(),
             stocks = d.join("stocks.csv").display(),
-            fe = free_port(),
+            fe = ports[1],
             orders = (1..=3)
                 .map(|id| format!(
                     "  - {{ id: {id}, host: 127.0.0.1, port: {}, db_path: {} }}\n",
-                    free_port(),
+                    ports[1 + id],
                     d.join(format!("order-{id}")).display()
                 ))
                 .collect::<String>(),
@@ -107,7 +115,11 @@ async fn a_batch_whose_caller_hangs_up_is_applied_whole_or_not_at_all() {
     let http = reqwest::Client::new();
     let fault = format!("{}:stop", common::fault::CATALOG_BEFORE_FLUSH);
     let mut catalog = start(&config, &log, Some(&fault));
-    assert_eq!(highest(&http, &base).await, None, "a fresh catalog");
+    assert_eq!(
+        highest(&http, &base, &mut catalog, &log).await,
+        None,
+        "a fresh catalog"
+    );
 
     let trades: Vec<Value> = (0..BATCH)
         .map(|i| {
@@ -138,13 +150,13 @@ async fn a_batch_whose_caller_hangs_up_is_applied_whole_or_not_at_all() {
     drop(s);
     signal("CONT", &pid);
     let finished = tokio::time::timeout(Duration::from_secs(10), async {
-        while highest(&http, &base).await.is_none() {
+        while highest(&http, &base, &mut catalog, &log).await.is_none() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
     // The next batch goes where the catalog says its sequence is.
-    let live = highest(&http, &base).await;
+    let live = highest(&http, &base, &mut catalog, &log).await;
     let next = live.map_or(0, |h| h + 1);
     let answer = http
         .post(format!("{base}/apply"))
@@ -161,7 +173,9 @@ async fn a_batch_whose_caller_hangs_up_is_applied_whole_or_not_at_all() {
     catalog.kill().expect("kill -9");
     catalog.wait().expect("reaped");
     let mut catalog = start(&config, &log, None);
-    let applied = highest(&http, &base).await.map_or(0, |h| h + 1);
+    let applied = highest(&http, &base, &mut catalog, &log)
+        .await
+        .map_or(0, |h| h + 1);
     let dump: Vec<Value> = http
         .get(format!("{base}/dump"))
         .send()

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fault;
 pub mod http;
 pub mod metrics;
+pub mod ports;
 pub mod request_id;
 pub mod stocks;
 pub mod storage;
