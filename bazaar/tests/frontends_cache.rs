@@ -71,24 +71,6 @@ fn addr_of(t: &TestCluster, id: u32) -> SocketAddr {
         .expect("the scratch front-end listens on an IP address")
 }
 
-/// A cache counter of front-end `id` from its `/metrics`.
-async fn cache_counter(t: &TestCluster, id: u32, counter: &str) -> u64 {
-    let name = format!("bazaar_cache_{counter}_total");
-    let text = t
-        .http
-        .get(format!("{}/metrics", frontend_url(t, id)))
-        .send()
-        .await
-        .expect("front-end answers /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(&name))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Sells 1 of each stock in turn through front-end 1 until told to stop.
 async fn trader(t: Arc<TestCluster>, shared: Arc<Shared>) -> Trades {
     let mut out = Trades::default();

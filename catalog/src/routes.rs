@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::http::{JsonBody, PathParam, QueryParams};
+use common::storage::StoreError;
 use common::types::{
     ApplyBatch, ApplyResult, Data, Fence, FenceResult, Health, OrderRecord, RangeQuery, Role,
     Stock, StockRow, TradeOutcome,
@@ -96,6 +97,19 @@ async fn apply(
             "at most {MAX_APPLY_BATCH} trades per batch"
         )));
     }
+    // The batch and the front-ends' invalidations are one piece of work: a
+    // leader that hangs up mid-way (killed, or timed out) must not leave a
+    // batch applied whose changed stocks no front-end was told of.
+    let outcomes = common::task::to_the_end("apply and invalidate", apply_and_invalidate(s, batch))
+        .await
+        .unwrap_or_else(|| Err(StoreError::Engine("the catalog is shutting down".into()).into()))?;
+    Ok(Json(ApplyResult { outcomes }))
+}
+
+async fn apply_and_invalidate(
+    s: AppState,
+    batch: ApplyBatch,
+) -> Result<Vec<TradeOutcome>, CatalogError> {
     // Opened before applying, so `/applied` can wait for it (invalidate.rs).
     let round = s.invalidator.as_ref().map(Invalidator::round);
     let outcomes = s.catalog.apply(&batch).await?;
@@ -123,7 +137,7 @@ async fn apply(
         names.dedup();
         inv.changed(round, names).await;
     }
-    Ok(Json(ApplyResult { outcomes }))
+    Ok(outcomes)
 }
 
 async fn fence(

@@ -157,6 +157,25 @@ impl Drop for TestCluster {
     }
 }
 
+/// A cache counter of front-end `id` from its `/metrics`
+/// (`bazaar_cache_<counter>_total`, summed over its labels).
+pub async fn cache_counter(t: &TestCluster, id: u32, counter: &str) -> u64 {
+    let name = format!("bazaar_cache_{counter}_total");
+    let text = t
+        .http
+        .get(format!("{}/metrics", t.cluster.url(Service::Frontend(id))))
+        .send()
+        .await
+        .expect("front-end answers /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(&name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Prints the tail of every service log: a failed test shows what the services said.
 pub fn dump_logs(cluster: &Cluster) {
     for s in cluster.services() {
