@@ -7,7 +7,8 @@
 //! through [`to_the_end`] instead of inside the request's future.
 
 /// Runs `work` in a task of its own and waits for it: dropping the wait
-/// does not stop the work, and says so in the log under `what`. A panic in
+/// does not stop the work, and says so in the log under `what`. The work
+/// keeps the caller's tracing span and request id. A panic in
 /// the work goes on in the caller. `None` only when the runtime is shutting
 /// down.
 pub async fn to_the_end<T: Send + 'static>(
@@ -25,7 +26,13 @@ pub async fn to_the_end<T: Send + 'static>(
         }
     }
     let waiting = Waiting(what);
-    let joined = tokio::spawn(work).await;
+    // The work stays part of the request: its log lines carry the
+    // request's span and id, and its calls pass the id on.
+    let work = tracing::Instrument::instrument(work, tracing::Span::current());
+    let joined = match crate::request_id::current() {
+        Some(id) => tokio::spawn(crate::request_id::scope(id, work)).await,
+        None => tokio::spawn(work).await,
+    };
     std::mem::forget(waiting);
     match joined {
         Ok(result) => Some(result),
@@ -65,5 +72,14 @@ mod tests {
         )
         .await;
         assert_eq!(to_the_end("test", async { 7 }).await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn the_work_keeps_the_request_id() {
+        let seen = crate::request_id::scope(Arc::from("r-7"), async {
+            to_the_end("test", async { crate::request_id::current() }).await
+        })
+        .await;
+        assert_eq!(seen.flatten().as_deref(), Some("r-7"));
     }
 }
