@@ -102,7 +102,7 @@ async fn apply(
     // batch applied whose changed stocks no front-end was told of.
     let outcomes = common::task::to_the_end("apply and invalidate", apply_and_invalidate(s, batch))
         .await
-        .unwrap_or_else(|| Err(StoreError::Engine("the catalog is shutting down".into()).into()))?;
+        .unwrap_or_else(|stopped| Err(StoreError::Engine(stopped).into()))?;
     Ok(Json(ApplyResult { outcomes }))
 }
 

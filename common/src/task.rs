@@ -8,13 +8,13 @@
 
 /// Runs `work` in a task of its own and waits for it: dropping the wait
 /// does not stop the work, and says so in the log under `what`. The work
-/// keeps the caller's tracing span and request id. A panic in
-/// the work goes on in the caller. `None` only when the runtime is shutting
-/// down.
+/// keeps the caller's tracing span and request id. `Err` says why the work
+/// did not end: it panicked (logged here; the caller answers with an error
+/// instead of dropping its connection), or the runtime is shutting down.
 pub async fn to_the_end<T: Send + 'static>(
     what: &'static str,
     work: impl Future<Output = T> + Send + 'static,
-) -> Option<T> {
+) -> Result<T, String> {
     /// Logs when the caller stops waiting.
     struct Waiting(&'static str);
     impl Drop for Waiting {
@@ -35,9 +35,18 @@ pub async fn to_the_end<T: Send + 'static>(
     };
     std::mem::forget(waiting);
     match joined {
-        Ok(result) => Some(result),
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => None,
+        Ok(result) => Ok(result),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(what, panic = %message, "the work panicked");
+            Err(format!("{what} failed: {message}"))
+        }
+        Err(_) => Err(format!("{what} did not end: the service is shutting down")),
     }
 }
 
@@ -71,7 +80,9 @@ mod tests {
             || async { done.load(Ordering::SeqCst).then_some(()) },
         )
         .await;
-        assert_eq!(to_the_end("test", async { 7 }).await, Some(7));
+        assert_eq!(to_the_end("test", async { 7 }).await, Ok(7));
+        let failed = to_the_end("test", async { panic!("boom") }).await;
+        assert_eq!(failed, Err::<(), _>("test failed: boom".to_string()));
     }
 
     #[tokio::test]
@@ -80,6 +91,6 @@ mod tests {
             to_the_end("test", async { crate::request_id::current() }).await
         })
         .await;
-        assert_eq!(seen.flatten().as_deref(), Some("r-7"));
+        assert_eq!(seen.ok().flatten().as_deref(), Some("r-7"));
     }
 }

@@ -218,9 +218,5 @@ async fn to_the_end<T: Send + 'static>(
 ) -> Result<T, OrderError> {
     common::task::to_the_end(what, work)
         .await
-        .unwrap_or_else(|| {
-            Err(OrderError::Unavailable(
-                "the replica is shutting down".into(),
-            ))
-        })
+        .unwrap_or_else(|stopped| Err(OrderError::Unavailable(stopped)))
 }

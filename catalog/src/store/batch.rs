@@ -88,5 +88,5 @@ pub(super) async fn to_the_end<T: Send + 'static>(
 ) -> Result<T, CatalogError> {
     common::task::to_the_end(what, work)
         .await
-        .unwrap_or_else(|| Err(StoreError::Engine("the runtime is shutting down".into()).into()))
+        .unwrap_or_else(|stopped| Err(StoreError::Engine(stopped).into()))
 }
