@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::http::{JsonBody, PathParam, QueryParams};
-use common::storage::StoreError;
 use common::types::{
     ApplyBatch, ApplyResult, Data, Fence, FenceResult, Health, OrderRecord, RangeQuery, Role,
     Stock, StockRow, TradeOutcome,
@@ -17,7 +16,7 @@ use common::types::{
 
 use crate::error::CatalogError;
 use crate::invalidate::Invalidator;
-use crate::store::Catalog;
+use crate::store::{Catalog, to_the_end};
 
 /// Largest batch a leader may send; bounds the transaction size.
 pub const MAX_APPLY_BATCH: usize = 4096;
@@ -99,10 +98,9 @@ async fn apply(
     }
     // The batch and the front-ends' invalidations are one piece of work: a
     // leader that hangs up mid-way (killed, or timed out) must not leave a
-    // batch applied whose changed stocks no front-end was told of.
-    let outcomes = common::task::to_the_end("apply and invalidate", apply_and_invalidate(s, batch))
-        .await
-        .unwrap_or_else(|stopped| Err(StoreError::Engine(stopped).into()))?;
+    // batch applied whose changed stocks no front-end was told of. (The
+    // store's apply is a task of its own too, for its other callers.)
+    let outcomes = to_the_end("apply and invalidate", apply_and_invalidate(s, batch)).await?;
     Ok(Json(ApplyResult { outcomes }))
 }
 
@@ -112,7 +110,8 @@ async fn apply_and_invalidate(
 ) -> Result<Vec<TradeOutcome>, CatalogError> {
     // Opened before applying, so `/applied` can wait for it (invalidate.rs).
     let round = s.invalidator.as_ref().map(Invalidator::round);
-    let outcomes = s.catalog.apply(&batch).await?;
+    let batch = Arc::new(batch);
+    let outcomes = s.catalog.apply_shared(batch.clone()).await?;
     common::fault::point(common::fault::CATALOG_BEFORE_REPLY);
     tracing::debug!(trades = outcomes.len(), base = batch.base, "batch applied");
     let m = &crate::metrics::METRICS;

@@ -42,7 +42,7 @@ use crate::error::CatalogError;
 use crate::metrics::METRICS;
 use crate::rules::Holding;
 use applied::Applied;
-use batch::to_the_end;
+pub(crate) use batch::to_the_end;
 
 pub use common::storage::MAX_RANGE;
 
@@ -321,8 +321,16 @@ impl Catalog {
         self: &Arc<Self>,
         batch: &ApplyBatch,
     ) -> Result<Vec<TradeOutcome>, CatalogError> {
+        self.apply_shared(Arc::new(batch.clone())).await
+    }
+
+    /// [`apply`](Self::apply) of a batch the caller shares with the task
+    /// (the route's, which reads the batch again afterwards), not copied.
+    pub async fn apply_shared(
+        self: &Arc<Self>,
+        batch: Arc<ApplyBatch>,
+    ) -> Result<Vec<TradeOutcome>, CatalogError> {
         let this = Arc::clone(self);
-        let batch = batch.clone();
         to_the_end("apply", async move { this.apply_now(&batch).await }).await
     }
 

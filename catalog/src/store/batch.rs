@@ -80,9 +80,10 @@ impl Catalog {
     }
 }
 
-/// [`common::task::to_the_end`] for the store's work: an apply or a fence
-/// ends whole even when its request is dropped.
-pub(super) async fn to_the_end<T: Send + 'static>(
+/// [`common::task::to_the_end`] for the catalog's work (an apply, a fence,
+/// a batch with its invalidations): it ends whole even when its request is
+/// dropped.
+pub(crate) async fn to_the_end<T: Send + 'static>(
     what: &'static str,
     work: impl Future<Output = Result<T, CatalogError>> + Send + 'static,
 ) -> Result<T, CatalogError> {
