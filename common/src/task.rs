@@ -5,6 +5,9 @@
 //! out. Work with several steps that must all happen or none — a write,
 //! its flush, then the in-memory state that says it is durable — runs
 //! through [`to_the_end`] instead of inside the request's future.
+//!
+//! Also here: the runtime of the services that write to sled, and
+//! [`blocking`] for what may block one of its threads.
 
 /// Runs `work` in a task of its own and waits for it: dropping the wait
 /// does not stop the work, and says so in the log under `what`. The work
@@ -50,6 +53,40 @@ pub async fn to_the_end<T: Send + 'static>(
     }
 }
 
+/// The variable that sets a service's worker threads (tokio's own name).
+pub const WORKERS_ENV: &str = "TOKIO_WORKER_THREADS";
+
+/// The runtime of a service that writes to sled (the catalog, an order
+/// replica): one worker thread unless [`WORKERS_ENV`] says otherwise.
+///
+/// Such a service's write path is serial (one sequencer, one append at a
+/// time) and sled flushes on threads of its own, so a second worker only
+/// moves tasks between threads: with one, the cluster spent 11% less CPU
+/// per trade and made 8% more trades at 64 connections (docs/PERFORMANCE.md).
+/// What may block for long runs through [`blocking`], which lends the
+/// worker's other tasks a thread meanwhile.
+pub fn storage_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os(WORKERS_ENV).is_none() {
+        builder.worker_threads(1);
+    }
+    builder.enable_all().build()
+}
+
+/// Runs `f`, which may block its thread for long (opening a database,
+/// file I/O), without stopping the runtime's other tasks: on a
+/// multi-thread runtime they move to another thread meanwhile
+/// (`block_in_place`); elsewhere (a test's single-thread runtime, no
+/// runtime) `f` simply runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +129,46 @@ mod tests {
         })
         .await;
         assert_eq!(seen.ok().flatten().as_deref(), Some("r-7"));
+    }
+
+    /// On a service's one-worker runtime, a task blocked in [`blocking`]
+    /// does not stop the others: here the blocked task waits for one
+    /// spawned after it, which could not run on the only worker otherwise.
+    #[test]
+    fn a_blocked_task_lets_the_others_run() {
+        let runtime = if std::env::var_os(WORKERS_ENV).is_none() {
+            storage_runtime().unwrap()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        assert_eq!(runtime.metrics().num_workers(), 1);
+        let answered = runtime.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (started, on_worker) = tokio::sync::oneshot::channel();
+            let blocked = tokio::spawn(async move {
+                let _ = started.send(());
+                blocking(|| rx.recv_timeout(Duration::from_secs(5)).is_ok())
+            });
+            // The sender is spawned only once the blocked task holds the worker.
+            on_worker.await.unwrap();
+            tokio::spawn(async move {
+                let _ = tx.send(());
+            });
+            blocked.await.unwrap()
+        });
+        assert!(
+            answered,
+            "the spawned task never ran while the other blocked"
+        );
+    }
+
+    #[tokio::test]
+    async fn blocking_runs_in_place_on_a_single_thread_runtime() {
+        assert_eq!(blocking(|| 7), 7);
+        assert_eq!(std::thread::spawn(|| blocking(|| 8)).join().unwrap(), 8);
     }
 }

@@ -8,11 +8,13 @@ use order::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
-    common::telemetry::exit_on_error("order", real_main(cli).await);
+    let result = common::task::storage_runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(real_main(cli)));
+    common::telemetry::exit_on_error("order", result);
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {

@@ -212,8 +212,29 @@ impl Archive {
     }
 
     /// Runs `f` on the segment that starts at `first`, opening it if it is
-    /// not one of the few kept open.
+    /// not one of the few kept open. Opening one, or waiting for another
+    /// reader's opening, may take long: it runs through
+    /// [`crate::task::blocking`], so a service's other requests go on.
     pub fn with_segment<T>(
+        &self,
+        first: u64,
+        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // A segment kept open, with no opening under way: no other thread.
+        let kept = self.open.try_lock().ok().and_then(|mut open| {
+            let i = open.iter().position(|(f, _)| *f == first)?;
+            let kept = open.remove(i)?;
+            open.push_front(kept.clone());
+            Some(kept.1)
+        });
+        match kept {
+            Some(db) => f(&db),
+            None => crate::task::blocking(|| self.open_and(first, f)),
+        }
+    }
+
+    /// [`with_segment`](Self::with_segment), opening the segment if needed.
+    fn open_and<T>(
         &self,
         first: u64,
         f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
