@@ -61,7 +61,7 @@ pub const WORKERS_ENV: &str = "TOKIO_WORKER_THREADS";
 ///
 /// Such a service's write path is serial (one sequencer, one append at a
 /// time) and sled flushes on threads of its own, so a second worker only
-/// moves tasks between threads: with one, the cluster spent 11% less CPU
+/// moves tasks between threads: with one, the cluster spent 9-10% less CPU
 /// per trade and made 8% more trades at 64 connections (docs/PERFORMANCE.md).
 /// What may block for long runs through [`blocking`], which lends the
 /// worker's other tasks a thread meanwhile.
@@ -71,6 +71,11 @@ pub fn storage_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         builder.worker_threads(1);
     }
     builder.enable_all().build()
+}
+
+/// Runs a storage service's `main` to its end on [`storage_runtime`].
+pub fn on_storage_runtime<T>(main: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    storage_runtime()?.block_on(main)
 }
 
 /// Runs `f`, which may block its thread for long (opening a database,

@@ -11,10 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
-    let result = common::task::storage_runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(real_main(cli)));
-    common::telemetry::exit_on_error("order", result);
+    common::telemetry::exit_on_error("order", common::task::on_storage_runtime(real_main(cli)));
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
