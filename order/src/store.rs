@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::storage::archive::Sizes;
+use common::storage::archive::{Sizes, fingerprint};
 use common::storage::{Bounds, Database, Format, Scan, ScanState, StorageHealth, encode_key};
 use common::types::{OrderRecord, StorageState};
 use sled::Transactional;
@@ -98,7 +98,7 @@ impl OrderLog {
         sizes: Sizes,
     ) -> Result<OrderLog, StoreError> {
         let db = Database::open(path, "this order replica", service)?;
-        let (parts, next) = Parts::open(db, path)?;
+        let (parts, next) = Parts::open(db, path, sizes.segment)?;
         let parts = Arc::new(parts);
         let format = parts.db.format();
         let epoch = format
@@ -232,6 +232,12 @@ impl OrderLog {
         }
         let format = self.format();
         let tail = self.parts.tail();
+        // Before the write: a lookup that finds a key must pass the filter.
+        if let Some(filter) = &tail.filter {
+            for r in &fresh {
+                filter.insert(fingerprint(r.key.as_bytes()));
+            }
+        }
         self.parts.db.write(|| {
             (&tail.orders, &tail.keys)
                 .transaction(|(orders, keys)| {
@@ -253,7 +259,7 @@ impl OrderLog {
         // These orders are durable whatever happens here: a failure fails
         // the store (later writes are refused), not this append.
         if new_next - tail.first >= self.sizes.segment
-            && let Err(e) = common::task::blocking(|| self.parts.roll(new_next))
+            && let Err(e) = common::task::blocking(|| self.parts.roll(new_next, self.sizes.segment))
         {
             tracing::error!(error = %e, next = new_next, "starting a new tail segment failed");
         }
@@ -541,7 +547,9 @@ mod tests {
             for n in [3, 30, 46] {
                 assert_eq!(log.get(n).unwrap(), Some(rec(n)));
             }
-            for n in [3, 12, 30, 46] {
+            // Every part's keys pass its filter (the root's, the closed
+            // segments', the tail's as they are appended).
+            for n in 0..47 {
                 assert_eq!(log.by_key(&format!("k{n}")).unwrap(), Some(n));
             }
             assert_eq!(log.by_key("k47").unwrap(), None);
@@ -565,7 +573,11 @@ mod tests {
                 log.range(0, 1000).unwrap(),
                 (0..50).map(rec).collect::<Vec<_>>()
             );
-            assert_eq!(log.by_key("k48").unwrap(), Some(48));
+            // The filters are rebuilt at open from what the parts hold.
+            for n in 0..50 {
+                assert_eq!(log.by_key(&format!("k{n}")).unwrap(), Some(n));
+            }
+            assert_eq!(log.by_key("k50").unwrap(), None);
             log.append(&(50..57).map(rec).collect::<Vec<_>>())
                 .await
                 .unwrap();

@@ -29,7 +29,9 @@
 //! Every rename is followed by a sync of the directory. Reads below the
 //! tail open the segment that holds them (one or two stay open); lookups by
 //! index key open only the segments whose fingerprints (32 bits of a hash
-//! per key, kept in memory: 4 MiB per million orders) hold the key's.
+//! per key, kept in memory: 4 MiB per million orders) hold the key's, and
+//! search those only when one bit array over all of them ([`filter`], 2 MiB
+//! per million) says some segment may.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -42,11 +44,14 @@ use files::{
     io, list, name, open_segment, open_service, parse_fingerprints, remove, sync_dir, tail_name,
     write_fingerprints,
 };
+use filter::Closed;
 
 mod files;
+mod filter;
 mod sizes;
 
 pub use files::fingerprint;
+pub use filter::KeyFilter;
 pub use sizes::{SEGMENT_ENV, Sizes, wait_while_closing};
 
 /// Closed segments kept open after a read (the catch-up of a replica reads
@@ -72,7 +77,7 @@ pub struct Archive {
     numbered: &'static str,
     /// The index tree (a key -> its record's number), if the store has one.
     index: Option<&'static str>,
-    segments: RwLock<Vec<Segment>>,
+    segments: RwLock<Closed>,
     /// The first number of the tail segment, when there is one.
     tail: Mutex<Option<u64>>,
     open: Mutex<VecDeque<(u64, sled::Db)>>,
@@ -101,7 +106,7 @@ impl Archive {
             dir: root.join("segments"),
             numbered,
             index,
-            segments: RwLock::new(Vec::new()),
+            segments: RwLock::new(Closed::new(Vec::new())),
             tail: Mutex::new(None),
             open: Mutex::new(VecDeque::new()),
         };
@@ -136,7 +141,7 @@ impl Archive {
                 )));
             }
         }
-        *archive.segments.write().unwrap_or_else(|e| e.into_inner()) = segments;
+        *archive.segments.write().unwrap_or_else(|e| e.into_inner()) = Closed::new(segments);
         Ok(archive)
     }
 
@@ -317,14 +322,7 @@ impl Archive {
         let Some(index) = self.index else {
             return Ok(None);
         };
-        let fp = fingerprint(key);
-        let candidates: Vec<u64> = self
-            .read()
-            .iter()
-            .rev()
-            .filter(|s| s.fingerprints.binary_search(&fp).is_ok())
-            .map(|s| s.first)
-            .collect();
+        let candidates = self.read().holding(fingerprint(key));
         for first in candidates {
             let found = self.with_segment(first, |db| Ok(db.open_tree(index)?.get(key)?))?;
             if found.is_some() {
@@ -397,7 +395,7 @@ impl Archive {
         ))
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Segment>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Closed> {
         self.segments.read().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use common::storage::archive::Archive;
+use common::storage::archive::{Archive, KeyFilter, fingerprint};
 use common::storage::{self, Database, Format, StoreError, decode_number};
 use common::types::OrderRecord;
 
@@ -24,18 +24,53 @@ pub(super) struct Tail {
     pub first: u64,
     /// Whether it is the root database (a log with no segment yet).
     pub root: bool,
+    /// The fingerprints of its keys: an append adds its keys' before it
+    /// writes them, so a key that does not pass is not here and the lookup
+    /// skips the database. `None` for a root too large to read at open (one
+    /// written before segments): every lookup reads it.
+    pub filter: Option<Arc<KeyFilter>>,
+    /// The same for the root while it is not the tail.
+    root_keys: Option<Arc<KeyFilter>>,
 }
 
 impl Tail {
-    fn new(db: sled::Db, first: u64, root: bool) -> Result<Tail, StoreError> {
+    fn new(
+        db: sled::Db,
+        first: u64,
+        root: bool,
+        segment: u64,
+        root_keys: Option<Arc<KeyFilter>>,
+    ) -> Result<Tail, StoreError> {
+        let orders = db.open_tree("orders")?;
+        let keys = db.open_tree("keys")?;
+        let held = storage::next_number(&orders, "orders")?.saturating_sub(first);
         Ok(Tail {
-            orders: db.open_tree("orders")?,
-            keys: db.open_tree("keys")?,
+            filter: filter_of(&keys, held, segment)?,
+            orders,
+            keys,
             db,
             first,
             root,
+            root_keys,
         })
     }
+}
+
+/// A filter of the `held` keys of `keys`, sized for a segment's, or
+/// `None` when they are more than a few segments' worth.
+fn filter_of(
+    keys: &sled::Tree,
+    held: u64,
+    segment: u64,
+) -> Result<Option<Arc<KeyFilter>>, StoreError> {
+    if held > segment.saturating_mul(4) {
+        return Ok(None);
+    }
+    let filter = KeyFilter::new(usize::try_from(segment.max(held)).unwrap_or(usize::MAX));
+    for key in keys.iter().keys() {
+        filter.insert(fingerprint(&key?));
+    }
+    Ok(Some(Arc::new(filter)))
 }
 
 pub(super) struct Parts {
@@ -51,13 +86,17 @@ impl Parts {
     /// Finds the log's parts under `path` (whose root is `db`), starting a
     /// tail after the closed segments if a stop left none, and returns them
     /// with the log's next number.
-    pub fn open(db: Database, path: &std::path::Path) -> Result<(Parts, u64), StoreError> {
+    pub fn open(
+        db: Database,
+        path: &std::path::Path,
+        segment: u64,
+    ) -> Result<(Parts, u64), StoreError> {
         let orders = db.tree("orders")?;
         let keys = db.tree("keys")?;
         let archive = Archive::open(path, "orders", Some("keys"))?;
         let root_next = storage::next_number(&orders, "orders")?;
         let tail = match (archive.start(), archive.tail()) {
-            (None, None) => Tail::new(db.engine().clone(), 0, true)?,
+            (None, None) => Tail::new(db.engine().clone(), 0, true, segment, None)?,
             (start, tail) => {
                 let first_segment = start.or(tail).unwrap_or(root_next);
                 if first_segment != root_next {
@@ -74,7 +113,8 @@ impl Parts {
                     Some(first) => archive.open_tail(first)?,
                     None => db.write(|| archive.start_tail(first))?,
                 };
-                Tail::new(engine, first, false)?
+                let root_keys = filter_of(&keys, root_next, segment)?;
+                Tail::new(engine, first, false, segment, root_keys)?
             }
         };
         let next = storage::next_number(&tail.orders, "orders")?.max(tail.first);
@@ -99,13 +139,24 @@ impl Parts {
 
     /// Closes the tail, which holds orders up to `next` (durably), and
     /// starts a new one at `next`. Failures fail the store.
-    pub fn roll(&self, next: u64) -> Result<(), StoreError> {
+    pub fn roll(&self, next: u64, segment: u64) -> Result<(), StoreError> {
         let old = self.tail();
+        let root_keys = if old.root {
+            old.filter.clone()
+        } else {
+            old.root_keys.clone()
+        };
         let new = self.db.write(|| {
             if !old.root {
                 self.archive.close_tail(old.first, next, &old.db)?;
             }
-            Tail::new(self.archive.start_tail(next)?, next, false)
+            Tail::new(
+                self.archive.start_tail(next)?,
+                next,
+                false,
+                segment,
+                root_keys,
+            )
         })?;
         *self.tail.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
@@ -130,10 +181,15 @@ impl Parts {
     /// closed segment's.
     pub fn by_key(&self, format: Format, key: &[u8]) -> Result<Option<u64>, StoreError> {
         let tail = self.tail();
-        if let Some(n) = format.get_number(&tail.keys, "keys", key)? {
+        let fp = fingerprint(key);
+        let may_hold = |f: &Option<Arc<KeyFilter>>| f.as_ref().is_none_or(|f| f.may_hold(fp));
+        if may_hold(&tail.filter)
+            && let Some(n) = format.get_number(&tail.keys, "keys", key)?
+        {
             return Ok(Some(n));
         }
         if !tail.root
+            && may_hold(&tail.root_keys)
             && let Some(n) = format.get_number(&self.keys, "keys", key)?
         {
             return Ok(Some(n));
