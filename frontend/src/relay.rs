@@ -19,9 +19,12 @@ use crate::forward::Forwarder;
 
 /// Trades waiting for a batch; when full, a trade is sent on its own.
 const QUEUE: usize = 4096;
-/// Batches in flight to the leader at once: enough to keep its sequencer
-/// busy while the answer to the previous batch travels back.
-const IN_FLIGHT: usize = 4;
+/// Batches in flight to the leader at once. One: the leader commits one
+/// batch at a time anyway, and trades that arrive meanwhile wait here and
+/// go as one deeper batch instead of as several that the leader's sequencer
+/// would take together (at 64 connections, 32 trades per catalog batch
+/// instead of 22, and less CPU per trade; docs/PERFORMANCE.md).
+const IN_FLIGHT: usize = 1;
 
 type Reply = oneshot::Sender<Result<TradeReceipt, ApiError>>;
 
