@@ -7,6 +7,7 @@ use common::config::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    common::allocator::run_with_options("catalog");
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
     common::telemetry::exit_on_error("catalog", common::task::on_storage_runtime(real_main(cli)));

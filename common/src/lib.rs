@@ -6,9 +6,11 @@
 //! (`client`), the HTTP plumbing that gives every server the same limits and
 //! shutdown behaviour (`http`, `telemetry`, `request_id`, `metrics`), the
 //! shared storage helpers of both stores (`storage`), the stocks file
-//! (`stocks`), fault points (`fault`) and the one wait-until helper of every
+//! (`stocks`), fault points (`fault`), the allocator option the storage
+//! services run with (`allocator`) and the one wait-until helper of every
 //! test (`wait`).
 
+pub mod allocator;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -9,6 +9,7 @@ use order::{Cli, Command};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    common::allocator::run_with_options("order");
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
     common::telemetry::exit_on_error("order", common::task::on_storage_runtime(real_main(cli)));

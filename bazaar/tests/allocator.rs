@@ -1,0 +1,64 @@
+//! The storage services run with the allocator option they were measured
+//! with (`common::allocator`): started without it, they restart themselves
+//! in place with it set; a value the caller set is kept.
+
+mod support;
+
+use bazaar::cluster::{ScratchOptions, Service};
+use common::allocator::{RECLAIM_ENV, RECLAIM_OFF};
+use support::TestCluster;
+
+/// The value of `RECLAIM_ENV` in the environment of process `pid`.
+fn reclaim_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the process runs");
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| {
+            kv.strip_prefix(&format!("{RECLAIM_ENV}="))
+                .map(String::from)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_services_run_with_the_allocator_option() {
+    let mut t = TestCluster::start_with_env(
+        ScratchOptions::default(),
+        &[(Service::Catalog, RECLAIM_ENV, "0")],
+    )
+    .await;
+    let (status, body) = t
+        .post(
+            "/orders",
+            r#"{"name":"AMD","quantity":1,"type":"buy"}"#,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for id in 1..=3 {
+        let pid = t.cluster.pid(Service::Order(id)).expect("a pid");
+        assert_eq!(
+            reclaim_of(pid).as_deref(),
+            Some(RECLAIM_OFF),
+            "order-{id} (pid {pid}) runs with the option, in the process it was started as"
+        );
+    }
+    let catalog = t.cluster.pid(Service::Catalog).expect("a pid");
+    assert_eq!(
+        reclaim_of(catalog).as_deref(),
+        Some("0"),
+        "the caller's value is kept"
+    );
+    // A replica killed and started again sets it again.
+    t.cluster.kill(Service::Order(2)).unwrap();
+    let pid = t.cluster.start(Service::Order(2)).unwrap();
+    common::wait::wait_until(
+        "order-2 restarted with the option",
+        std::time::Duration::from_secs(10),
+        || {
+            let set = reclaim_of(pid).as_deref() == Some(RECLAIM_OFF);
+            async move { set }
+        },
+    )
+    .await;
+}
