@@ -1,10 +1,10 @@
 //! The allocator option the storage services run with: mimalloc (v3)
 //! reclaims another thread's abandoned pages when it frees into them, and
 //! under the write path that kept memory that was no longer used. With
-//! reclaiming off (`MIMALLOC_PAGE_RECLAIM_ON_FREE=-1`) the services held
-//! about a third less after a 300,000-order fill, their RSS stayed within
-//! ±10% over the bench's steady trade phase, and the CPU per trade did not
-//! move (docs/PERFORMANCE.md, The allocator's reclaiming).
+//! reclaiming off (`MIMALLOC_PAGE_RECLAIM_ON_FREE=-1`) the replicas held
+//! about a third less after a 300,000-order fill and the CPU per trade did
+//! not move (docs/PERFORMANCE.md, The allocator's reclaiming off in the
+//! storage services).
 //!
 //! mimalloc reads its options from the environment once, before `main`,
 //! and setting one from Rust would take `unsafe` (which the workspace
@@ -28,13 +28,14 @@ pub fn run_with_options(binary: &str) {
         return;
     }
     let mut args = std::env::args_os();
-    let (Ok(exe), Some(arg0)) = (std::env::current_exe(), args.next()) else {
-        return;
+    let err = match (std::env::current_exe(), args.next()) {
+        (Ok(exe), Some(arg0)) => std::process::Command::new(exe)
+            .arg0(arg0)
+            .args(args)
+            .env(RECLAIM_ENV, RECLAIM_OFF)
+            .exec(),
+        (Err(e), _) => e,
+        (Ok(_), None) => std::io::Error::other("no program name in the arguments"),
     };
-    let err = std::process::Command::new(exe)
-        .arg0(arg0)
-        .args(args)
-        .env(RECLAIM_ENV, RECLAIM_OFF)
-        .exec();
     eprintln!("{binary}: running with the allocator's defaults: cannot set {RECLAIM_ENV} ({err})");
 }

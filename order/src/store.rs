@@ -259,7 +259,7 @@ impl OrderLog {
         // These orders are durable whatever happens here: a failure fails
         // the store (later writes are refused), not this append.
         if new_next - tail.first >= self.sizes.segment
-            && let Err(e) = common::task::blocking(|| self.parts.roll(new_next, self.sizes.segment))
+            && let Err(e) = common::task::blocking(|| self.parts.roll(new_next))
         {
             tracing::error!(error = %e, next = new_next, "starting a new tail segment failed");
         }

@@ -80,6 +80,8 @@ pub(super) struct Parts {
     pub keys: sled::Tree,
     pub archive: Archive,
     tail: RwLock<Arc<Tail>>,
+    /// Orders per closed segment (what the filters are sized for).
+    segment: u64,
 }
 
 impl Parts {
@@ -124,6 +126,7 @@ impl Parts {
             keys,
             archive,
             tail: RwLock::new(Arc::new(tail)),
+            segment,
         };
         Ok((parts, next))
     }
@@ -139,7 +142,7 @@ impl Parts {
 
     /// Closes the tail, which holds orders up to `next` (durably), and
     /// starts a new one at `next`. Failures fail the store.
-    pub fn roll(&self, next: u64, segment: u64) -> Result<(), StoreError> {
+    pub fn roll(&self, next: u64) -> Result<(), StoreError> {
         let old = self.tail();
         let root_keys = if old.root {
             old.filter.clone()
@@ -154,7 +157,7 @@ impl Parts {
                 self.archive.start_tail(next)?,
                 next,
                 false,
-                segment,
+                self.segment,
                 root_keys,
             )
         })?;

@@ -12,7 +12,7 @@
 //! the keys of its open databases.
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Segment;
 
@@ -74,7 +74,6 @@ impl Deref for Closed {
 pub struct KeyFilter {
     bits: Vec<AtomicU64>,
     log2: u32,
-    keys: AtomicUsize,
 }
 
 impl KeyFilter {
@@ -91,7 +90,6 @@ impl KeyFilter {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             log2,
-            keys: AtomicUsize::new(0),
         }
     }
 
@@ -99,7 +97,6 @@ impl KeyFilter {
     pub fn insert(&self, fp: u32) {
         let (word, bit) = self.slot(fp);
         self.bits[word].fetch_or(bit, Ordering::Relaxed);
-        self.keys.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether a key of fingerprint `fp` may have been added: when not, it
@@ -123,7 +120,8 @@ impl KeyFilter {
     fn add_last(&mut self, segments: &[Segment]) {
         let Some(last) = segments.last() else { return };
         let room = (1usize << self.log2) / BITS_PER_KEY;
-        if *self.keys.get_mut() + last.fingerprints.len() > room && self.log2 < MAX_BITS_LOG2 {
+        let keys: usize = segments.iter().map(|s| s.fingerprints.len()).sum();
+        if keys > room && self.log2 < MAX_BITS_LOG2 {
             *self = KeyFilter::of(segments);
         } else {
             last.fingerprints.iter().for_each(|&fp| self.insert(fp));
