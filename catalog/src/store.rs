@@ -745,13 +745,13 @@ mod tests {
             assert_eq!(numbers(&c), (0..32).collect::<Vec<_>>());
             assert_eq!(c.applied_range(10, 4).unwrap()[3].number, 13);
             // A stop after the tree 24..32 was copied, before its drop.
-            let copied = c.applied.current().iter().map(Result::unwrap).collect();
+            let copied = c.applied.current().iter().map(|kv| Ok(kv?));
             c.applied
                 .archive
                 .close(common::storage::archive::Closing {
                     first: 24,
                     end: 32,
-                    trees: vec![("applied", copied)],
+                    trees: vec![("applied", Box::new(copied))],
                 })
                 .unwrap();
         }

@@ -11,7 +11,7 @@
 //! - **A tail that fills up** (the order log): the store writes into
 //!   `<first>-tail`, a sled database of its own ([`Archive::start_tail`]);
 //!   when it holds [`Sizes::segment`] orders, the fingerprints of its index
-//!   keys go to `<first>-<end>.keys` and the directory is renamed
+//!   keys go to `<first>-<end>.fp64` and the directory is renamed
 //!   `<first>-<end>` ([`Archive::close_tail`]), then a new tail starts at
 //!   `end`. Nothing is copied. A stop between the two leaves no tail, and
 //!   the store starts one at open.
@@ -28,8 +28,8 @@
 //! removed at open (the records it would hold are still where they were).
 //! Every rename is followed by a sync of the directory. Reads below the
 //! tail open the segment that holds them (one or two stay open); lookups by
-//! index key open only the segments whose fingerprints (32 bits of a hash
-//! per key, kept in memory: 4 MiB per million orders) hold the key's, and
+//! index key open only the segments whose fingerprints (64 bits of a hash
+//! per key, kept in memory: 8 MiB per million orders) hold the key's, and
 //! search those only when one bit array over all of them ([`filter`], 2 MiB
 //! per million) says some segment may.
 
@@ -41,24 +41,24 @@ use sled::IVec;
 
 use super::{StoreError, encode_key};
 use files::{
-    io, list, name, open_segment, open_service, parse_fingerprints, remove, sync_dir, tail_name,
-    write_fingerprints,
+    io, keys_file, list, name, open_segment, open_service, parse_fingerprints, remove, sync_dir,
+    tail_name, write_fingerprints,
 };
 use filter::Closed;
 
+mod copy;
 mod files;
 mod filter;
 mod sizes;
 
-pub use files::fingerprint;
+pub use copy::{Closing, Entries};
+pub use files::{Fingerprint, fingerprint};
 pub use filter::KeyFilter;
 pub use sizes::{SEGMENT_ENV, Sizes, wait_while_closing};
 
 /// Closed segments kept open after a read (the catch-up of a replica reads
 /// them in order; a lookup by number reads one).
 const OPEN_SEGMENTS: usize = 2;
-/// Records copied into a new segment per batch.
-const COPY_CHUNK: usize = 1_000;
 /// The page cache of a closed segment.
 const SEGMENT_CACHE: u64 = 1024 * 1024;
 
@@ -66,7 +66,7 @@ struct Segment {
     first: u64,
     end: u64,
     /// Sorted fingerprints of its index keys (empty without an index).
-    fingerprints: Vec<u32>,
+    fingerprints: Vec<Fingerprint>,
 }
 
 /// The segments of one store: closed ones, numbered without a gap, and
@@ -81,14 +81,6 @@ pub struct Archive {
     /// The first number of the tail segment, when there is one.
     tail: Mutex<Option<u64>>,
     open: Mutex<VecDeque<(u64, sled::Db)>>,
-}
-
-/// One segment to close: its records `first..end` and, for each tree, the
-/// entries to copy as they are stored.
-pub struct Closing {
-    pub first: u64,
-    pub end: u64,
-    pub trees: Vec<(&'static str, Vec<(IVec, IVec)>)>,
 }
 
 impl Archive {
@@ -332,48 +324,7 @@ impl Archive {
         Ok(None)
     }
 
-    /// Writes a new closed segment by copying `closing`'s entries (under a
-    /// `.new` name, flushed, renamed into place); from its return on, reads
-    /// of `first..end` go to it. Its `first` must be [`end`](Self::end).
-    pub fn close(&self, closing: Closing) -> Result<(), StoreError> {
-        let Closing { first, end, trees } = closing;
-        let follows = self.read().last().is_none_or(|s| s.end == first);
-        if !follows || end <= first || self.tail().is_some() {
-            return Err(self.corrupt(format!(
-                "a segment {first}..{end} cannot follow {}",
-                self.end()
-            )));
-        }
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let final_path = self.dir.join(name(first, end));
-        let copy = self.dir.join(format!("{}.new", name(first, end)));
-        if copy.exists() {
-            remove(&copy)?;
-        }
-        let fingerprints = {
-            let db = open_segment(&copy)?;
-            for (tree, entries) in &trees {
-                let target = db.open_tree(tree)?;
-                // In batches of a bounded size: one batch of a whole segment
-                // is one record in sled's log, held in memory whole.
-                for chunk in entries.chunks(COPY_CHUNK) {
-                    let mut batch = sled::Batch::default();
-                    for (k, v) in chunk {
-                        batch.insert(k.clone(), v.clone());
-                    }
-                    target.apply_batch(batch)?;
-                }
-            }
-            db.flush()?;
-            self.write_fingerprints_of(&db, first, end)?
-        };
-        std::fs::rename(&copy, &final_path).map_err(io)?;
-        sync_dir(&self.dir)?;
-        self.push(first, end, fingerprints);
-        Ok(())
-    }
-
-    fn push(&self, first: u64, end: u64, fingerprints: Vec<u32>) {
+    fn push(&self, first: u64, end: u64, fingerprints: Vec<Fingerprint>) {
         self.segments
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -409,11 +360,11 @@ impl Archive {
     /// The fingerprints of a segment's index keys: from its file, or read
     /// from the segment and written anew when the file is missing or fails
     /// its checksum.
-    fn fingerprints_of(&self, first: u64, end: u64) -> Result<Vec<u32>, StoreError> {
+    fn fingerprints_of(&self, first: u64, end: u64) -> Result<Vec<Fingerprint>, StoreError> {
         if self.index.is_none() {
             return Ok(Vec::new());
         }
-        let file = self.dir.join(format!("{}.keys", name(first, end)));
+        let file = keys_file(&self.dir, first, end);
         if let Some(fps) = std::fs::read(&file)
             .ok()
             .and_then(|b| parse_fingerprints(&b))
@@ -431,7 +382,7 @@ impl Archive {
         db: &sled::Db,
         first: u64,
         end: u64,
-    ) -> Result<Vec<u32>, StoreError> {
+    ) -> Result<Vec<Fingerprint>, StoreError> {
         let Some(index) = self.index else {
             return Ok(Vec::new());
         };
@@ -450,27 +401,23 @@ impl Archive {
 mod tests {
     use super::*;
 
-    fn closing(first: u64, end: u64) -> Closing {
-        let records = (first..end)
-            .map(|n| {
-                (
-                    IVec::from(&encode_key(n)),
-                    IVec::from(format!("r{n}").as_bytes()),
-                )
-            })
-            .collect();
-        let keys = (first..end)
-            .map(|n| {
-                (
-                    IVec::from(format!("k{n}").as_bytes()),
-                    IVec::from(&encode_key(n)),
-                )
-            })
-            .collect();
+    fn closing(first: u64, end: u64) -> Closing<'static> {
+        let records = (first..end).map(|n| {
+            Ok((
+                IVec::from(&encode_key(n)),
+                IVec::from(format!("r{n}").as_bytes()),
+            ))
+        });
+        let keys = (first..end).map(|n| {
+            Ok((
+                IVec::from(format!("k{n}").as_bytes()),
+                IVec::from(&encode_key(n)),
+            ))
+        });
         Closing {
             first,
             end,
-            trees: vec![("orders", records), ("keys", keys)],
+            trees: vec![("orders", Box::new(records)), ("keys", Box::new(keys))],
         }
     }
 
@@ -483,16 +430,27 @@ mod tests {
             a.close(closing(0, 10)).unwrap();
             a.close(closing(10, 25)).unwrap();
             assert!(a.close(closing(30, 40)).is_err(), "a gap is refused");
+            let mut short = closing(25, 30);
+            short.trees[0].1 = Box::new(closing(25, 29).trees.remove(0).1);
+            assert!(a.close(short).is_err(), "a record missing is refused");
+            assert_eq!(a.end(), 25);
         }
-        // An unfinished copy is removed; a lost fingerprint file rebuilt.
+        // An unfinished copy is removed; a damaged fingerprint file is
+        // rebuilt, and so is one an earlier version wrote (32-bit
+        // fingerprints, `.keys`), which is then removed.
         std::fs::create_dir(dir.path().join("segments/x.new")).unwrap();
-        let keys = dir
-            .path()
-            .join("segments")
-            .join(format!("{}.keys", name(0, 10)));
+        let segments = dir.path().join("segments");
+        let keys = keys_file(&segments, 0, 10);
         std::fs::write(&keys, b"damaged").unwrap();
+        std::fs::remove_file(keys_file(&segments, 10, 25)).unwrap();
+        let old = segments.join(format!("{}.{}", name(10, 25), files::OLD_KEYS));
+        let old_fps: Vec<u8> = (0u32..16).flat_map(u32::to_le_bytes).collect();
+        let sum = crc32fast::hash(&old_fps).to_le_bytes();
+        std::fs::write(&old, [&old_fps[..], &sum[..]].concat()).unwrap();
         let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
         assert!(!dir.path().join("segments/x.new").exists());
+        assert!(!old.exists(), "the earlier version's file is removed");
+        assert!(keys_file(&segments, 10, 25).exists());
         assert_eq!(a.segments(), vec![(0, 10), (10, 25)]);
         assert_eq!(a.end(), 25);
         assert_eq!(a.get(12).unwrap().unwrap().as_ref(), b"r12");
@@ -521,7 +479,8 @@ mod tests {
             );
             let db = a.start_tail(10).unwrap();
             for (tree, entries) in closing(10, 14).trees {
-                for (k, v) in entries {
+                for kv in entries {
+                    let (k, v) = kv.unwrap();
                     db.open_tree(tree).unwrap().insert(k, v).unwrap();
                 }
             }
@@ -562,5 +521,33 @@ mod tests {
             err.to_string().contains("20..30 where 10 comes next"),
             "{err}"
         );
+    }
+
+    /// Two keys whose fingerprints agree in the 32 bits an earlier version
+    /// kept: a lookup of the one a segment does not hold opens no segment.
+    #[test]
+    fn a_key_that_only_shares_32_bits_opens_no_segment() {
+        let fold = |fp: Fingerprint| (fp >> 32) ^ (fp & 0xffff_ffff);
+        let mut seen = std::collections::HashMap::new();
+        let (held, other) = (0u64..)
+            .find_map(|i| {
+                let key = format!("key-{i}");
+                seen.insert(fold(fingerprint(key.as_bytes())), key.clone())
+                    .map(|first| (first, key))
+            })
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+        let mut segment = closing(0, 1);
+        segment.trees[1].1 = Box::new(std::iter::once(Ok((
+            IVec::from(held.as_bytes()),
+            IVec::from(&encode_key(0)),
+        ))));
+        a.close(segment).unwrap();
+        let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+        assert_eq!(a.find(other.as_bytes()).unwrap(), None);
+        assert_eq!(a.open.lock().unwrap().len(), 0, "{other} opened a segment");
+        assert!(a.find(held.as_bytes()).unwrap().is_some());
+        assert_eq!(a.open.lock().unwrap().len(), 1);
     }
 }

@@ -7,16 +7,32 @@ use std::path::Path;
 use super::SEGMENT_CACHE;
 use crate::storage::StoreError;
 
-/// 32 bits of a hash of an index key (FNV-1a; fixed, since the files keep
-/// it across versions).
-pub fn fingerprint(key: &[u8]) -> u32 {
+/// A 64-bit hash of an index key (FNV-1a; fixed, since the files keep it
+/// across versions). 64 bits, not 32: a lookup opens every closed segment
+/// whose fingerprints hold the key's, and with 32 bits a log of N keys
+/// matched a new key by chance once in 2^32 / N lookups — on the leader at
+/// 400,000 orders and 10,000 trades/s, a segment opened about once a
+/// second and two stayed open (docs/PERFORMANCE.md).
+pub fn fingerprint(key: &[u8]) -> Fingerprint {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let folded = (h >> 32) ^ (h & 0xffff_ffff);
-    u32::try_from(folded).unwrap_or(u32::MAX)
+    h
+}
+
+/// What [`fingerprint`] gives.
+pub type Fingerprint = u64;
+
+/// The name of a segment's fingerprint file. Files of the 32-bit
+/// fingerprints of earlier versions end in [`OLD_KEYS`]; they are never
+/// read, and are removed once their segment's file is written anew.
+const KEYS: &str = "fp64";
+pub(super) const OLD_KEYS: &str = "keys";
+
+pub(super) fn keys_file(dir: &Path, first: u64, end: u64) -> std::path::PathBuf {
+    dir.join(format!("{}.{KEYS}", name(first, end)))
 }
 
 pub(super) fn name(first: u64, end: u64) -> String {
@@ -55,7 +71,7 @@ pub(super) fn list(
             remove(&path)?;
         } else if let Some(first) = name.strip_suffix("-tail") {
             tails.push(first.parse::<u64>().map_err(|_| not_a_segment(&path))?);
-        } else if !name.ends_with(".keys") {
+        } else if !name.ends_with(&format!(".{KEYS}")) && !name.ends_with(&format!(".{OLD_KEYS}")) {
             closed.push(parse_name(&name).ok_or_else(|| not_a_segment(&path))?);
         }
     }
@@ -67,36 +83,41 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((first.parse().ok()?, end.parse().ok()?))
 }
 
-/// The file: every fingerprint as 4 little-endian bytes, then the CRC-32
-/// of them.
+/// The file: every fingerprint as 8 little-endian bytes, then the CRC-32
+/// of them. An earlier version's file of the same segment is removed.
 pub(super) fn write_fingerprints(
     dir: &Path,
     first: u64,
     end: u64,
-    fps: &[u32],
+    fps: &[Fingerprint],
 ) -> Result<(), StoreError> {
     let mut bytes: Vec<u8> = fps.iter().flat_map(|f| f.to_le_bytes()).collect();
     let sum = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&sum.to_le_bytes());
-    let file = dir.join(format!("{}.keys", name(first, end)));
-    let tmp = dir.join(format!("{}.keys.new", name(first, end)));
+    let file = keys_file(dir, first, end);
+    let tmp = dir.join(format!("{}.{KEYS}.new", name(first, end)));
     let written = std::fs::File::create(&tmp).and_then(|mut f| {
         f.write_all(&bytes)?;
         f.sync_all()
     });
     written
         .and_then(|()| std::fs::rename(&tmp, &file))
-        .map_err(io)
+        .map_err(io)?;
+    let old = dir.join(format!("{}.{OLD_KEYS}", name(first, end)));
+    match std::fs::remove_file(old) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+        _ => Ok(()),
+    }
 }
 
-pub(super) fn parse_fingerprints(bytes: &[u8]) -> Option<Vec<u32>> {
+pub(super) fn parse_fingerprints(bytes: &[u8]) -> Option<Vec<Fingerprint>> {
     let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if body.len() % 4 != 0 || crc32fast::hash(body).to_le_bytes() != sum {
+    if body.len() % 8 != 0 || crc32fast::hash(body).to_le_bytes() != sum {
         return None;
     }
-    let fps: Vec<u32> = body
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    let fps: Vec<Fingerprint> = body
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect();
     fps.is_sorted().then_some(fps)
 }

@@ -15,6 +15,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Segment;
+use super::files::Fingerprint;
 
 /// Bits per fingerprint the array is sized for.
 const BITS_PER_KEY: usize = 16;
@@ -46,7 +47,7 @@ impl Closed {
 
     /// The first numbers of the segments whose fingerprints hold `fp`,
     /// newest first; none searched when the filter rules every one out.
-    pub(super) fn holding(&self, fp: u32) -> Vec<u64> {
+    pub(super) fn holding(&self, fp: Fingerprint) -> Vec<u64> {
         if !self.filter.may_hold(fp) {
             return Vec::new();
         }
@@ -94,14 +95,14 @@ impl KeyFilter {
     }
 
     /// Adds a fingerprint ([`super::fingerprint`] of the key).
-    pub fn insert(&self, fp: u32) {
+    pub fn insert(&self, fp: Fingerprint) {
         let (word, bit) = self.slot(fp);
         self.bits[word].fetch_or(bit, Ordering::Relaxed);
     }
 
     /// Whether a key of fingerprint `fp` may have been added: when not, it
     /// was not.
-    pub fn may_hold(&self, fp: u32) -> bool {
+    pub fn may_hold(&self, fp: Fingerprint) -> bool {
         let (word, bit) = self.slot(fp);
         self.bits[word].load(Ordering::Relaxed) & bit != 0
     }
@@ -128,8 +129,8 @@ impl KeyFilter {
         }
     }
 
-    fn slot(&self, fp: u32) -> (usize, u64) {
-        let mixed = u64::from(fp).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.log2);
+    fn slot(&self, fp: Fingerprint) -> (usize, u64) {
+        let mixed = fp.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.log2);
         let index = usize::try_from(mixed).unwrap_or(0);
         (index / 64, 1 << (index % 64))
     }
@@ -139,7 +140,7 @@ impl KeyFilter {
 mod tests {
     use super::*;
 
-    fn segment(first: u64, fps: Vec<u32>) -> Segment {
+    fn segment(first: u64, fps: Vec<Fingerprint>) -> Segment {
         Segment {
             first,
             end: first + 1,
@@ -149,14 +150,14 @@ mod tests {
 
     #[test]
     fn every_added_fingerprint_passes_and_most_others_do_not() {
-        let mut segments = vec![segment(0, (0..1000).map(|i| i * 7919).collect())];
+        let mut segments = vec![segment(0, (0..1000u64).map(|i| i * 7919).collect())];
         let mut filter = KeyFilter::of(&segments);
         // Enough segments that the array is rebuilt larger several times.
         for s in 1..200u32 {
             segments.push(segment(
                 u64::from(s),
-                (0..1000)
-                    .map(|i| (s * 1000 + i).wrapping_mul(2_654_435_761))
+                (0..1000u64)
+                    .map(|i| (u64::from(s) * 1000 + i).wrapping_mul(0x9e37_79b9_7f4a_7c15))
                     .collect(),
             ));
             filter.add_last(&segments);
@@ -167,8 +168,8 @@ mod tests {
                 assert!(filter.may_hold(fp), "fingerprint {fp} was added");
             }
         }
-        let passed = (0..100_000u32)
-            .map(|i| i.wrapping_mul(2_246_822_519).wrapping_add(1))
+        let passed = (0..100_000u64)
+            .map(|i| i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).wrapping_add(1))
             .filter(|&fp| filter.may_hold(fp))
             .count();
         assert!(
@@ -181,6 +182,6 @@ mod tests {
     fn an_empty_filter_passes_nothing() {
         let filter = KeyFilter::of(&[]);
         assert!(!filter.may_hold(0));
-        assert!(!filter.may_hold(u32::MAX));
+        assert!(!filter.may_hold(u64::MAX));
     }
 }
