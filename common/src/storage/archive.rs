@@ -27,13 +27,13 @@
 //! A directory ending in `.new` is an unfinished copy or tail and is
 //! removed at open (the records it would hold are still where they were).
 //! Every rename is followed by a sync of the directory. Reads below the
-//! tail open the segment that holds them (one or two stay open); lookups by
-//! index key open only the segments whose fingerprints (64 bits of a hash
-//! per key, kept in memory: 8 MiB per million orders) hold the key's, and
+//! tail open the segment that holds them (one or two stay open until unread
+//! for ten seconds, [`kept`]); lookups by index key open only the segments
+//! whose fingerprints (64 bits of a hash per key, kept in memory: 8 MiB per
+//! million orders) hold the key's, and
 //! search those only when one bit array over all of them ([`filter`], 2 MiB
 //! per million) says some segment may.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -45,10 +45,12 @@ use files::{
     tail_name, write_fingerprints,
 };
 use filter::Closed;
+use kept::KeptOpen;
 
 mod copy;
 mod files;
 mod filter;
+mod kept;
 mod sizes;
 
 pub use copy::{Closing, Entries};
@@ -56,9 +58,6 @@ pub use files::{Fingerprint, fingerprint};
 pub use filter::KeyFilter;
 pub use sizes::{SEGMENT_ENV, Sizes, wait_while_closing};
 
-/// Closed segments kept open after a read (the catch-up of a replica reads
-/// them in order; a lookup by number reads one).
-const OPEN_SEGMENTS: usize = 2;
 /// The page cache of a closed segment.
 const SEGMENT_CACHE: u64 = 1024 * 1024;
 
@@ -80,7 +79,7 @@ pub struct Archive {
     segments: RwLock<Closed>,
     /// The first number of the tail segment, when there is one.
     tail: Mutex<Option<u64>>,
-    open: Mutex<VecDeque<(u64, sled::Db)>>,
+    open: KeptOpen,
 }
 
 impl Archive {
@@ -100,7 +99,7 @@ impl Archive {
             index,
             segments: RwLock::new(Closed::new(Vec::new())),
             tail: Mutex::new(None),
-            open: Mutex::new(VecDeque::new()),
+            open: KeptOpen::new(kept::IDLE),
         };
         let Some((mut found, tails)) = list(&archive.dir, |path| archive.not_a_segment(path))?
         else {
@@ -218,45 +217,21 @@ impl Archive {
         f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         // A segment kept open, with no opening under way: no other thread.
-        let kept = self.open.try_lock().ok().and_then(|mut open| {
-            let i = open.iter().position(|(f, _)| *f == first)?;
-            let kept = open.remove(i)?;
-            open.push_front(kept.clone());
-            Some(kept.1)
-        });
-        match kept {
+        match self.open.try_get(first) {
             Some(db) => f(&db),
-            None => crate::task::blocking(|| self.open_and(first, f)),
+            None => crate::task::blocking(|| {
+                let db = self.open.get_or_open(first, || {
+                    let end = self
+                        .read()
+                        .iter()
+                        .find(|s| s.first == first)
+                        .map(|s| s.end)
+                        .ok_or_else(|| self.corrupt(format!("no segment starts at {first}")))?;
+                    open_segment(&self.dir.join(name(first, end)))
+                })?;
+                f(&db)
+            }),
         }
-    }
-
-    /// [`with_segment`](Self::with_segment), opening the segment if needed.
-    fn open_and<T>(
-        &self,
-        first: u64,
-        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let db = match open.iter().position(|(f, _)| *f == first) {
-            Some(i) => open.remove(i).map(|(_, db)| db),
-            None => None,
-        };
-        let db = match db {
-            Some(db) => db,
-            None => {
-                let end = self
-                    .read()
-                    .iter()
-                    .find(|s| s.first == first)
-                    .map(|s| s.end)
-                    .ok_or_else(|| self.corrupt(format!("no segment starts at {first}")))?;
-                open_segment(&self.dir.join(name(first, end)))?
-            }
-        };
-        open.push_front((first, db.clone()));
-        open.truncate(OPEN_SEGMENTS);
-        drop(open);
-        f(&db)
     }
 
     /// The stored value of record `n` (`None` when it is not archived).
@@ -546,8 +521,8 @@ mod tests {
         a.close(segment).unwrap();
         let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
         assert_eq!(a.find(other.as_bytes()).unwrap(), None);
-        assert_eq!(a.open.lock().unwrap().len(), 0, "{other} opened a segment");
+        assert_eq!(a.open.len(), 0, "{other} opened a segment");
         assert!(a.find(held.as_bytes()).unwrap().is_some());
-        assert_eq!(a.open.lock().unwrap().len(), 1);
+        assert_eq!(a.open.len(), 1);
     }
 }
