@@ -82,6 +82,13 @@ pub struct Rss {
     /// higher load holds shows as growth there.
     pub steady_mid_kib: u64,
     pub steady_growth_pct: f64,
+    /// The median of the 64-connection phase's second half over that of
+    /// its first: growth with the log, unmoved by where one sample falls
+    /// in the rise and fall of a segment's life (the goal's figure).
+    pub steady_trend_pct: f64,
+    /// The phase's highest sample over its median: how far the memory
+    /// rises for a moment (at a segment's close) without growing.
+    pub steady_peak_over_median_pct: f64,
 }
 
 /// How often the trade phases sample each service's RSS.

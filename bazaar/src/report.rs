@@ -80,7 +80,7 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
     }
     for r in &report.rss {
         println!(
-            "rss {:<10} {:>8} KiB -> {:>8} KiB -> {:>8} KiB (start, middle, end of the trade phases; peak {} KiB): {:+.1}% overall, {:+.1}% in the second half; {:+.1}% over the second half of the 64-connection phase (from {} KiB)",
+            "rss {:<10} {:>8} KiB -> {:>8} KiB -> {:>8} KiB (start, middle, end of the trade phases; peak {} KiB): {:+.1}% overall, {:+.1}% in the second half; {:+.1}% over the second half of the 64-connection phase (from {} KiB); in that phase the median of the second half {:+.1}% over the first's, the peak {:+.0}% over the median",
             r.service,
             r.start_kib,
             r.mid_kib,
@@ -89,7 +89,9 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
             r.growth_pct,
             r.second_half_growth_pct,
             r.steady_growth_pct,
-            r.steady_mid_kib
+            r.steady_mid_kib,
+            r.steady_trend_pct,
+            r.steady_peak_over_median_pct
         );
     }
     println!(

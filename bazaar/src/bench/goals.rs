@@ -272,18 +272,18 @@ pub(super) fn verdicts(
     );
     let worst = rss
         .iter()
-        .map(|r| r.steady_growth_pct.abs())
+        .map(|r| r.steady_trend_pct.abs())
         .fold(0.0, f64::max);
     goal(
-        "RSS growth over the second half of the 64-connection trade phase",
+        "RSS trend over the 64-connection trade phase (median of its second half over its first)",
         worst,
         10.0,
         false,
         "%",
         each(rss, |r| {
             format!(
-                "{} {:+.1} (across both trade phases {:+.1})",
-                r.service, r.steady_growth_pct, r.second_half_growth_pct
+                "{} {:+.1} (peak {:+.0} over the phase's median; last sample over the middle one {:+.1})",
+                r.service, r.steady_trend_pct, r.steady_peak_over_median_pct, r.steady_growth_pct
             )
         }),
     );
