@@ -361,7 +361,9 @@ impl Archive {
         let Some(index) = self.index else {
             return Ok(Vec::new());
         };
-        let mut fps = Vec::new();
+        // One key per order: sized once, not grown by doubling (up to a
+        // quarter more, kept for as long as the segment's entry lives).
+        let mut fps = Vec::with_capacity(usize::try_from(end.saturating_sub(first)).unwrap_or(0));
         for kv in db.open_tree(index)?.iter() {
             fps.push(fingerprint(&kv?.0));
         }
