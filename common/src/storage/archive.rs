@@ -30,9 +30,8 @@
 //! tail open the segment that holds them (one or two stay open until unread
 //! for ten seconds, [`kept`]); lookups by index key open only the segments
 //! whose fingerprints (64 bits of a hash per key, kept in memory: 8 MiB per
-//! million orders) hold the key's, and
-//! search those only when one bit array over all of them ([`filter`], 2 MiB
-//! per million) says some segment may.
+//! million orders) hold the key's, and search those only when one bit array
+//! over all of them ([`filter`], 2 MiB per million) says some segment may.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};

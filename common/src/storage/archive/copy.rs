@@ -8,7 +8,7 @@ use super::{Archive, StoreError};
 /// Records copied into a new segment per batch. Copying 25,000 records
 /// raised the RSS by 52 MiB when they were collected first and written in
 /// batches of 1,000, by 14–20 MiB when read as the copy went in batches of
-/// 1,000, and by 10–12 MiB in batches of 200 (docs/PERFORMANCE.md).
+/// 1,000, and by 2–12 MiB in batches of 200 (docs/PERFORMANCE.md).
 const COPY_CHUNK: usize = 200;
 
 /// One segment to close: its records `first..end` and, for each tree, the

@@ -10,9 +10,9 @@ use crate::storage::StoreError;
 /// A 64-bit hash of an index key (FNV-1a; fixed, since the files keep it
 /// across versions). 64 bits, not 32: a lookup opens every closed segment
 /// whose fingerprints hold the key's, and with 32 bits a log of N keys
-/// matched a new key by chance once in 2^32 / N lookups — on the leader at
-/// 400,000 orders and 10,000 trades/s, a segment opened about once a
-/// second and two stayed open (docs/PERFORMANCE.md).
+/// matches a new key by chance once in 2^32 / N lookups — at 400,000
+/// orders and 10,000 trades/s about once a second; a heap profile of the
+/// leader found two segments held open that way (docs/PERFORMANCE.md).
 pub fn fingerprint(key: &[u8]) -> Fingerprint {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key {
@@ -71,7 +71,10 @@ pub(super) fn list(
             remove(&path)?;
         } else if let Some(first) = name.strip_suffix("-tail") {
             tails.push(first.parse::<u64>().map_err(|_| not_a_segment(&path))?);
-        } else if !name.ends_with(&format!(".{KEYS}")) && !name.ends_with(&format!(".{OLD_KEYS}")) {
+        } else if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some(KEYS | OLD_KEYS)
+        ) {
             closed.push(parse_name(&name).ok_or_else(|| not_a_segment(&path))?);
         }
     }
