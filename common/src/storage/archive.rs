@@ -29,9 +29,11 @@
 //! Every rename is followed by a sync of the directory. Reads below the
 //! tail open the segment that holds them (one or two stay open until unread
 //! for ten seconds, [`kept`]); lookups by index key open only the segments
-//! whose fingerprints (64 bits of a hash per key, kept in memory: 8 MiB per
-//! million orders) hold the key's, and search those only when one bit array
-//! over all of them ([`filter`], 2 MiB per million) says some segment may.
+//! whose fingerprints (64 bits of a hash per key, in the segment's file)
+//! hold the key's, and search those files only when one bit array over all
+//! of them ([`filter`], 2 MiB per million orders) says some segment may.
+//! In memory per segment: its range and every 512th fingerprint, which
+//! names the one block of its file to read (16 bytes per 1,000 orders).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
@@ -40,8 +42,8 @@ use sled::IVec;
 
 use super::{StoreError, encode_key};
 use files::{
-    io, keys_file, list, name, open_segment, open_service, parse_fingerprints, remove, sync_dir,
-    tail_name, write_fingerprints,
+    BLOCK, io, list, name, open_segment, open_service, read_block, read_fingerprints, remove,
+    sync_dir, tail_name, write_fingerprints,
 };
 use filter::Closed;
 use kept::KeptOpen;
@@ -63,8 +65,22 @@ const SEGMENT_CACHE: u64 = 1024 * 1024;
 struct Segment {
     first: u64,
     end: u64,
-    /// Sorted fingerprints of its index keys (empty without an index).
-    fingerprints: Vec<Fingerprint>,
+    /// How many index keys it holds (0 without an index).
+    keys: usize,
+    /// Every [`BLOCK`]-th of its keys' sorted fingerprints, from the first:
+    /// where each block of its fingerprint file starts.
+    fences: Vec<Fingerprint>,
+}
+
+impl Segment {
+    fn new(first: u64, end: u64, fps: &[Fingerprint]) -> Segment {
+        Segment {
+            first,
+            end,
+            keys: fps.len(),
+            fences: fps.iter().step_by(BLOCK).copied().collect(),
+        }
+    }
 }
 
 /// The segments of one store: closed ones, numbered without a gap, and
@@ -96,7 +112,7 @@ impl Archive {
             dir: root.join("segments"),
             numbered,
             index,
-            segments: RwLock::new(Closed::new(Vec::new())),
+            segments: RwLock::new(Closed::new(Vec::new(), KeyFilter::new(0))),
             tail: Mutex::new(None),
             open: KeptOpen::new(kept::IDLE),
         };
@@ -106,19 +122,13 @@ impl Archive {
         };
         found.sort_unstable();
         let mut expected = found.first().map(|&(first, _)| first);
-        let mut segments = Vec::with_capacity(found.len());
-        for (first, end) in found {
+        for &(first, end) in &found {
             if Some(first) != expected || end <= first {
                 return Err(archive.gap(first, end, expected));
             }
-            let fingerprints = archive.fingerprints_of(first, end)?;
-            segments.push(Segment {
-                first,
-                end,
-                fingerprints,
-            });
             expected = Some(end);
         }
+        let segments = archive.read_segments(&found)?;
         match tails[..] {
             [] => {}
             [first] if expected.is_none_or(|e| e == first) => {
@@ -131,7 +141,7 @@ impl Archive {
                 )));
             }
         }
-        *archive.segments.write().unwrap_or_else(|e| e.into_inner()) = Closed::new(segments);
+        *archive.segments.write().unwrap_or_else(|e| e.into_inner()) = segments;
         Ok(archive)
     }
 
@@ -202,8 +212,7 @@ impl Archive {
         .map_err(io)?;
         sync_dir(&self.dir)?;
         *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.push(first, end, fingerprints);
-        Ok(())
+        self.push(first, end, &fingerprints)
     }
 
     /// Runs `f` on the segment that starts at `first`, opening it if it is
@@ -283,14 +292,30 @@ impl Archive {
     }
 
     /// The stored index value of `key` in the newest segment that holds it;
-    /// only segments whose fingerprints hold the key's are opened.
+    /// only segments whose fingerprint files hold the key's are opened. A
+    /// block of a file that cannot be read or fails its check is no
+    /// answer: its segment is searched.
     pub fn find(&self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
         let Some(index) = self.index else {
             return Ok(None);
         };
-        let candidates = self.read().holding(fingerprint(key));
-        for first in candidates {
-            let found = self.with_segment(first, |db| Ok(db.open_tree(index)?.get(key)?))?;
+        let fp = fingerprint(key);
+        let candidates = self.read().candidates(fp);
+        for c in candidates {
+            let held = match read_block(&self.dir, c.first, c.end, c.block, c.keys, c.fence) {
+                Some(block) => block.binary_search(&fp).is_ok(),
+                None => {
+                    tracing::warn!(
+                        segment = %name(c.first, c.end),
+                        "a block of the segment's fingerprint file cannot be read or is damaged; searching the segment"
+                    );
+                    true
+                }
+            };
+            if !held {
+                continue;
+            }
+            let found = self.with_segment(c.first, |db| Ok(db.open_tree(index)?.get(key)?))?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -298,15 +323,45 @@ impl Archive {
         Ok(None)
     }
 
-    fn push(&self, first: u64, end: u64, fingerprints: Vec<Fingerprint>) {
-        self.segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Segment {
-                first,
-                end,
-                fingerprints,
-            });
+    /// Adds the newest closed segment, whose sorted fingerprints are `fps`.
+    /// When the filter would hold more keys than it is sized for, a larger
+    /// one is built first from every segment's file (outside the lock:
+    /// only one close runs at a time).
+    fn push(&self, first: u64, end: u64, fps: &[Fingerprint]) -> Result<(), StoreError> {
+        let grown = if self.read().must_grow(fps.len()) {
+            let ranges: Vec<(u64, u64)> = self.segments();
+            let filter = KeyFilter::new(self.read().keys() + fps.len());
+            for &(first, end) in &ranges {
+                self.fingerprints_of(first, end)?
+                    .into_iter()
+                    .for_each(|fp| filter.insert(fp));
+            }
+            Some(filter)
+        } else {
+            None
+        };
+        let mut closed = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(filter) = grown {
+            closed.replace_filter(filter);
+        }
+        closed.push(first, end, fps);
+        Ok(())
+    }
+
+    /// The closed segments `found` (sorted, without a gap), their keys in a
+    /// filter sized for one key per record: each fingerprint file is read
+    /// once, and only its fences are kept.
+    fn read_segments(&self, found: &[(u64, u64)]) -> Result<Closed, StoreError> {
+        let records: u64 = found.iter().map(|&(first, end)| end - first).sum();
+        let keys = if self.index.is_some() { records } else { 0 };
+        let mut closed = Closed::new(
+            Vec::with_capacity(found.len()),
+            KeyFilter::new(usize::try_from(keys).unwrap_or(usize::MAX)),
+        );
+        for &(first, end) in found {
+            closed.push(first, end, &self.fingerprints_of(first, end)?);
+        }
+        Ok(closed)
     }
 
     fn not_a_segment(&self, path: &Path) -> StoreError {
@@ -338,11 +393,7 @@ impl Archive {
         if self.index.is_none() {
             return Ok(Vec::new());
         }
-        let file = keys_file(&self.dir, first, end);
-        if let Some(fps) = std::fs::read(&file)
-            .ok()
-            .and_then(|b| parse_fingerprints(&b))
-        {
+        if let Some(fps) = read_fingerprints(&self.dir, first, end) {
             return Ok(fps);
         }
         let db = open_segment(&self.dir.join(name(first, end)))?;
@@ -375,6 +426,7 @@ impl Archive {
 
 #[cfg(test)]
 mod tests {
+    use super::files::{BLOCK, keys_file, parse_fingerprints};
     use super::*;
 
     fn closing(first: u64, end: u64) -> Closing<'static> {
@@ -497,6 +549,45 @@ mod tests {
             err.to_string().contains("20..30 where 10 comes next"),
             "{err}"
         );
+    }
+
+    /// Segments of several blocks of fingerprints, enough of them that the
+    /// filter is rebuilt larger from their files: every key is found, in
+    /// every block, before and after a reopen; a block damaged on disk is
+    /// no answer, its segment is searched instead.
+    #[test]
+    fn keys_are_found_in_every_block_of_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 3 * BLOCK as u64 + 7;
+        let segments = 4;
+        {
+            let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+            let bits = a.read().filter_bits();
+            for s in 0..segments {
+                a.close(closing(s * size, (s + 1) * size)).unwrap();
+            }
+            assert!(
+                a.read().filter_bits() > bits,
+                "the filter was rebuilt larger"
+            );
+            assert_eq!(a.read().keys() as u64, segments * size);
+            for n in (0..segments * size).step_by(97) {
+                let found = a.find(format!("k{n}").as_bytes()).unwrap();
+                assert_eq!(found.unwrap().as_ref(), &encode_key(n), "k{n}");
+            }
+        }
+        let a = Archive::open(dir.path(), "orders", Some("keys")).unwrap();
+        let last = segments * size - 1;
+        assert!(a.find(format!("k{last}").as_bytes()).unwrap().is_some());
+        assert_eq!(a.find(b"k-none").unwrap(), None);
+        // Every block of the first segment's file overwritten.
+        let file = keys_file(&dir.path().join("segments"), 0, size);
+        let len = std::fs::metadata(&file).unwrap().len();
+        std::fs::write(&file, vec![0xa5u8; usize::try_from(len).unwrap()]).unwrap();
+        for n in [0, BLOCK as u64, 2 * BLOCK as u64 + 3, size - 1] {
+            let found = a.find(format!("k{n}").as_bytes()).unwrap();
+            assert_eq!(found.unwrap().as_ref(), &encode_key(n), "k{n}");
+        }
     }
 
     /// Two keys whose fingerprints agree in the 32 bits an earlier version

@@ -58,8 +58,7 @@ impl Archive {
         };
         std::fs::rename(&copy, &final_path).map_err(io)?;
         sync_dir(&self.dir)?;
-        self.push(first, end, fingerprints);
-        Ok(())
+        self.push(first, end, &fingerprints)
     }
 }
 

@@ -25,6 +25,10 @@ pub fn fingerprint(key: &[u8]) -> Fingerprint {
 /// What [`fingerprint`] gives.
 pub type Fingerprint = u64;
 
+/// Fingerprints per block of a fingerprint file (4 KiB): a lookup reads
+/// one block, named by the fences kept in memory (`filter::Closed`).
+pub(super) const BLOCK: usize = 512;
+
 /// The name of a segment's fingerprint file. Files of the 32-bit
 /// fingerprints of earlier versions end in [`OLD_KEYS`]; they are never
 /// read, and are removed once their segment's file is written anew.
@@ -123,6 +127,41 @@ pub(super) fn parse_fingerprints(bytes: &[u8]) -> Option<Vec<Fingerprint>> {
         .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect();
     fps.is_sorted().then_some(fps)
+}
+
+/// The fingerprints of a segment's file, checked against its CRC; `None`
+/// when it is missing, damaged or not sorted.
+pub(super) fn read_fingerprints(dir: &Path, first: u64, end: u64) -> Option<Vec<Fingerprint>> {
+    std::fs::read(keys_file(dir, first, end))
+        .ok()
+        .and_then(|b| parse_fingerprints(&b))
+}
+
+/// Block `block` of a segment's fingerprint file, which holds `keys`
+/// fingerprints: read on its own, so it is checked against what is known
+/// of it — it starts with `fence` and is sorted — instead of the file's
+/// CRC. `None` when it cannot be read or fails that check.
+pub(super) fn read_block(
+    dir: &Path,
+    first: u64,
+    end: u64,
+    block: usize,
+    keys: usize,
+    fence: Fingerprint,
+) -> Option<Vec<Fingerprint>> {
+    use std::os::unix::fs::FileExt;
+    let start = block.checked_mul(BLOCK)?;
+    let len = keys.checked_sub(start)?.min(BLOCK);
+    let offset = u64::try_from(start.checked_mul(8)?).ok()?;
+    let mut bytes = vec![0u8; len.checked_mul(8)?];
+    std::fs::File::open(keys_file(dir, first, end))
+        .and_then(|f| f.read_exact_at(&mut bytes, offset))
+        .ok()?;
+    let fps: Vec<Fingerprint> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    (fps.first() == Some(&fence) && fps.is_sorted()).then_some(fps)
 }
 
 /// Opens a tail segment as the store's own database is opened.
