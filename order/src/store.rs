@@ -545,20 +545,24 @@ mod tests {
         );
     }
 
+    const SEGMENTS_OF_TEN: Sizes = Sizes { segment: 10 };
+
+    /// The log at `path`, in segments of ten orders.
+    fn open_in_segments_of_ten(path: &Path) -> OrderLog {
+        storage::open_when_unlocked(|| {
+            OrderLog::open_with(path, "order-1", None, Bounds::SERVICE, SEGMENTS_OF_TEN)
+        })
+        .unwrap()
+    }
+
     /// An append whose tail rolls, dropped while the roll runs (its caller
     /// hung up), holds the next append until the roll is done: the next
     /// orders go to the new tail, not into the segment being closed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn an_append_dropped_during_its_roll_holds_the_next() {
-        let sizes = Sizes { segment: 10 };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let open = || {
-            storage::open_when_unlocked(|| {
-                OrderLog::open_with(&path, "order-1", None, Bounds::SERVICE, sizes)
-            })
-            .unwrap()
-        };
+        let open = || open_in_segments_of_ten(&path);
         {
             let log = open();
             for base in (0..20).step_by(4) {
@@ -594,15 +598,10 @@ mod tests {
     /// that left no tail gets a new one.
     #[tokio::test]
     async fn the_log_continues_in_segments() {
-        let sizes = Sizes { segment: 10 };
+        let sizes = SEGMENTS_OF_TEN;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let open = || {
-            storage::open_when_unlocked(|| {
-                OrderLog::open_with(&path, "order-1", None, Bounds::SERVICE, sizes)
-            })
-            .unwrap()
-        };
+        let open = || open_in_segments_of_ten(&path);
         {
             let log = open();
             for base in (0..47).step_by(4) {
