@@ -269,10 +269,12 @@ impl OrderLog {
     /// done, even when the append that called it is dropped meanwhile.
     ///
     /// Not `block_in_place`: that moves the runtime's one worker to another
-    /// thread at every roll, and each move spread the worker's allocations
-    /// over the pages of one more thread's heap (replicas' RSS under steady
-    /// trades 4-5 MiB higher; docs/PERFORMANCE.md). The full tail is dropped
-    /// there too (its last handle, unless a reader holds one).
+    /// thread at every roll, spreading the worker's allocations over the
+    /// pages of one more thread's heap (with this, in two pairs of steady
+    /// trade runs, the leader's median RSS was 3-4 MiB lower and the
+    /// replicas' highest 62-68 MiB against 66-73; docs/PERFORMANCE.md). The
+    /// full tail is dropped there too (its last handle, unless a reader
+    /// holds one).
     ///
     /// The orders are durable whatever happens here: a failure fails the
     /// store (later writes are refused), not the append.

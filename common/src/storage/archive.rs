@@ -328,9 +328,15 @@ impl Archive {
     /// one is built first from every segment's file (outside the lock:
     /// only one close runs at a time).
     fn push(&self, first: u64, end: u64, fps: &[Fingerprint]) -> Result<(), StoreError> {
-        let grown = if self.read().must_grow(fps.len()) {
-            let ranges: Vec<(u64, u64)> = self.segments();
-            let filter = KeyFilter::new(self.read().keys() + fps.len());
+        let grow = {
+            let closed = self.read();
+            closed.must_grow(fps.len()).then(|| {
+                let ranges: Vec<(u64, u64)> = closed.iter().map(|s| (s.first, s.end)).collect();
+                (ranges, closed.keys() + fps.len())
+            })
+        };
+        let grown = if let Some((ranges, keys)) = grow {
+            let filter = KeyFilter::new(keys);
             for &(first, end) in &ranges {
                 self.fingerprints_of(first, end)?
                     .into_iter()
@@ -411,8 +417,7 @@ impl Archive {
         let Some(index) = self.index else {
             return Ok(Vec::new());
         };
-        // One key per order: sized once, not grown by doubling (up to a
-        // quarter more, kept for as long as the segment's entry lives).
+        // One key per order: sized once, not grown by doubling.
         let mut fps = Vec::with_capacity(usize::try_from(end.saturating_sub(first)).unwrap_or(0));
         for kv in db.open_tree(index)?.iter() {
             fps.push(fingerprint(&kv?.0));

@@ -122,11 +122,16 @@ pub(super) fn parse_fingerprints(bytes: &[u8]) -> Option<Vec<Fingerprint>> {
     if body.len() % 8 != 0 || crc32fast::hash(body).to_le_bytes() != sum {
         return None;
     }
-    let fps: Vec<Fingerprint> = body
+    let fps = decode(body);
+    fps.is_sorted().then_some(fps)
+}
+
+/// Fingerprints as the file stores them: 8 little-endian bytes each.
+fn decode(bytes: &[u8]) -> Vec<Fingerprint> {
+    bytes
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect();
-    fps.is_sorted().then_some(fps)
+        .collect()
 }
 
 /// The fingerprints of a segment's file, checked against its CRC; `None`
@@ -157,10 +162,7 @@ pub(super) fn read_block(
     std::fs::File::open(keys_file(dir, first, end))
         .and_then(|f| f.read_exact_at(&mut bytes, offset))
         .ok()?;
-    let fps: Vec<Fingerprint> = bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect();
+    let fps = decode(&bytes);
     (fps.first() == Some(&fence) && fps.is_sorted()).then_some(fps)
 }
 

@@ -8,8 +8,8 @@
 //! a lookup whose bits are not all set is held by no closed segment, one
 //! whose bits are may be (then the segments' fingerprint files are
 //! searched). The array keeps [`BITS_PER_KEY`] bits per fingerprint — 2
-//! bytes per order, about one lookup in 240 passes (one in 16 with one bit
-//! per key, before) — and is rebuilt twice as large, from the segments'
+//! bytes per order, about one lookup in 240 passes in a simulation (one in
+//! 16 with one bit per key, before) — and is rebuilt twice as large, from the segments'
 //! files, when it fills. The order log keeps the same kind of filter
 //! ([`KeyFilter`]) for the keys of its open databases.
 //!
