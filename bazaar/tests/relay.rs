@@ -50,6 +50,9 @@ async fn leader_answers_each_trade_of_a_batch() {
         ..ScratchOptions::default()
     })
     .await;
+    // order-3 answers "not the leader" until the front-end's first
+    // selection has told it otherwise.
+    t.wait_first_leader().await;
     let before = t.quantity("AAPL").await;
     let body = json!({
         "trades": [
