@@ -1,27 +1,24 @@
-//! The storage services run with the allocator option they were measured
-//! with (`common::allocator`): started without it, they restart themselves
-//! in place with it set; a value the caller set is kept.
+//! The storage services run with the allocator options they were measured
+//! with (`common::allocator`): started without them, they restart
+//! themselves in place with them set; a value the caller set is kept.
 
 mod support;
 
 use bazaar::cluster::{ScratchOptions, Service};
-use common::allocator::{RECLAIM_ENV, RECLAIM_OFF};
+use common::allocator::{OPTIONS, PURGE_AT_ONCE, PURGE_ENV, RECLAIM_ENV};
 use support::TestCluster;
 
-/// The value of `RECLAIM_ENV` in the environment of process `pid`.
-fn reclaim_of(pid: u32) -> Option<String> {
+/// The value of `name` in the environment of process `pid`.
+fn env_of(pid: u32, name: &str) -> Option<String> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the process runs");
     environ
         .split(|&b| b == 0)
         .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .find_map(|kv| {
-            kv.strip_prefix(&format!("{RECLAIM_ENV}="))
-                .map(String::from)
-        })
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(String::from))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storage_services_run_with_the_allocator_option() {
+async fn storage_services_run_with_the_allocator_options() {
     let mut t = TestCluster::start_with_env(
         ScratchOptions::default(),
         &[(Service::Catalog, RECLAIM_ENV, "0")],
@@ -37,17 +34,24 @@ async fn storage_services_run_with_the_allocator_option() {
     assert_eq!(status, 200, "{body}");
     for id in 1..=3 {
         let pid = t.cluster.pid(Service::Order(id)).expect("a pid");
-        assert_eq!(
-            reclaim_of(pid).as_deref(),
-            Some(RECLAIM_OFF),
-            "order-{id} (pid {pid}) runs with the option, in the process it was started as"
-        );
+        for (name, value) in OPTIONS {
+            assert_eq!(
+                env_of(pid, name).as_deref(),
+                Some(value),
+                "order-{id} (pid {pid}) runs with {name}, in the process it was started as"
+            );
+        }
     }
     let catalog = t.cluster.pid(Service::Catalog).expect("a pid");
     assert_eq!(
-        reclaim_of(catalog).as_deref(),
+        env_of(catalog, RECLAIM_ENV).as_deref(),
         Some("0"),
         "the caller's value is kept"
+    );
+    assert_eq!(
+        env_of(catalog, PURGE_ENV).as_deref(),
+        Some(PURGE_AT_ONCE),
+        "the option the caller did not set is added"
     );
     // A replica killed and started again sets it again.
     t.cluster.kill(Service::Order(2)).unwrap();
@@ -56,7 +60,9 @@ async fn storage_services_run_with_the_allocator_option() {
         "order-2 restarted with the option",
         std::time::Duration::from_secs(10),
         || {
-            let set = reclaim_of(pid).as_deref() == Some(RECLAIM_OFF);
+            let set = OPTIONS
+                .iter()
+                .all(|(name, value)| env_of(pid, name).as_deref() == Some(*value));
             async move { set }
         },
     )
