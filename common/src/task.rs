@@ -6,8 +6,8 @@
 //! its flush, then the in-memory state that says it is durable — runs
 //! through [`to_the_end`] instead of inside the request's future.
 //!
-//! Also here: the runtime of the services that write to sled, and
-//! [`blocking`] for what may block one of its threads.
+//! Also here: the runtime of the services (one worker), and [`blocking`]
+//! for what may block one of its threads.
 
 /// Runs `work` in a task of its own and waits for it: dropping the wait
 /// does not stop the work, and says so in the log under `what`. The work
@@ -56,16 +56,20 @@ pub async fn to_the_end<T: Send + 'static>(
 /// The variable that sets a service's worker threads (tokio's own name).
 pub const WORKERS_ENV: &str = "TOKIO_WORKER_THREADS";
 
-/// The runtime of a service that writes to sled (the catalog, an order
-/// replica): one worker thread unless [`WORKERS_ENV`] says otherwise.
+/// The runtime of a service (the catalog, an order replica, a front-end):
+/// one worker thread unless [`WORKERS_ENV`] says otherwise.
 ///
-/// Such a service's write path is serial (one sequencer, one append at a
-/// time) and sled flushes on threads of its own, so a second worker only
+/// A storage service's write path is serial (one sequencer, one append at
+/// a time) and sled flushes on threads of its own, so a second worker only
 /// moves tasks between threads: with one, the cluster spent 9-10% less CPU
-/// per trade and made 8% more trades at 64 connections (docs/PERFORMANCE.md).
+/// per trade and made 8% more trades at 64 connections. A front-end with
+/// two workers on this 2-core machine was preempted on one request in
+/// five to seven; with one, it spent 4-6 µs (14-20%) less CPU per trade,
+/// and cached lookups were as fast as before (docs/PERFORMANCE.md, One
+/// worker for the front-end too).
 /// What may block for long runs through [`blocking`], which lends the
 /// worker's other tasks a thread meanwhile.
-pub fn storage_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub fn service_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os(WORKERS_ENV).is_none() {
         builder.worker_threads(1);
@@ -73,9 +77,9 @@ pub fn storage_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-/// Runs a storage service's `main` to its end on [`storage_runtime`].
-pub fn on_storage_runtime<T>(main: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    storage_runtime()?.block_on(main)
+/// Runs a service's `main` to its end on [`service_runtime`].
+pub fn on_service_runtime<T>(main: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    service_runtime()?.block_on(main)
 }
 
 /// Runs `f`, which may block its thread for long (opening a database,
@@ -142,7 +146,7 @@ mod tests {
     #[test]
     fn a_blocked_task_lets_the_others_run() {
         let runtime = if std::env::var_os(WORKERS_ENV).is_none() {
-            storage_runtime().unwrap()
+            service_runtime().unwrap()
         } else {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)

@@ -6,11 +6,10 @@ use frontend::Cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
-    common::telemetry::exit_on_error("frontend", real_main(cli).await);
+    common::telemetry::exit_on_error("frontend", common::task::on_service_runtime(real_main(cli)));
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ fn main() {
     common::allocator::run_with_options("order");
     let cli = Cli::parse();
     common::telemetry::init(cli.log.log_format);
-    common::telemetry::exit_on_error("order", common::task::on_storage_runtime(real_main(cli)));
+    common::telemetry::exit_on_error("order", common::task::on_service_runtime(real_main(cli)));
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
