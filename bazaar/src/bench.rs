@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::cluster::{ScratchOptions, Service};
 use crate::scratch::Scratch;
 
-use load::{Workload, measure};
+use load::{Workload, alternate, measure};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -135,13 +135,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let base = [baseline::server().await?];
     phases.push(measure("baseline", &base, Workload::Get(hot.clone()), 1, d).await);
     phases.push(measure("baseline", &base, Workload::Get(hot.clone()), c, d).await);
-    {
-        let (_child, addr) = baseline::child().await?;
-        let base = [addr];
-        let name = goals::CHILD_BASELINE;
-        phases.push(measure(name, &base, Workload::Get(hot.clone()), 1, d).await);
-        phases.push(measure(name, &base, Workload::Get(hot.clone()), c, d).await);
-    }
+    // The child runs until the cached lookups have been measured in turns
+    // with it.
+    let (child_process, child) = baseline::child().await?;
+    let child = [child];
+    let name = goals::CHILD_BASELINE;
+    phases.push(measure(name, &child, Workload::Get(hot.clone()), 1, d).await);
+    phases.push(measure(name, &child, Workload::Get(hot.clone()), c, d).await);
 
     let mut scratch = Scratch::start(&ScratchOptions {
         cache_size: 5,
@@ -167,6 +167,17 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     .await;
     phases.push(measure("cached lookup", frontend, Workload::Get(hot.clone()), 1, d).await);
     phases.push(measure("cached lookup", frontend, Workload::Get(hot.clone()), c, d).await);
+    phases.extend(
+        alternate(
+            (goals::CHILD_BASELINE_TURNS, &child),
+            (goals::CACHED_TURNS, frontend),
+            Workload::Get(hot.clone()),
+            c,
+            d,
+        )
+        .await,
+    );
+    drop(child_process);
 
     let pids: Vec<(String, u32)> = scratch
         .cluster

@@ -30,6 +30,16 @@ async fn every_bench_phase_completes_without_errors() {
             "{phase} at 1 and 16 connections: {names:?}"
         );
     }
+    // The cached lookups and the own-process baseline, measured in turns
+    // at 16 connections for the goal's ratio.
+    for phase in [
+        "baseline (own process), in turns",
+        "cached lookup, in turns",
+    ] {
+        let turns: Vec<_> = report.phases.iter().filter(|p| p.name == phase).collect();
+        assert_eq!(turns.len(), 1, "{phase}: {names:?}");
+        assert_eq!(turns[0].connections, 16, "{:?}", turns[0]);
+    }
     for p in &report.phases {
         assert_eq!(p.errors, 0, "{p:?}");
         assert!(p.requests > 0, "{p:?}");

@@ -109,6 +109,86 @@ async fn connection(addr: SocketAddr, work: Workload, index: usize, until: Insta
     out
 }
 
+/// What a run of closed loops counted.
+struct Tally {
+    hist: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    /// Seconds the loops ran.
+    elapsed: f64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds"),
+            requests: 0,
+            errors: 0,
+            elapsed: 0.0,
+        }
+    }
+
+    /// Runs `connections` closed loops for `duration`, connection `i`
+    /// against `addrs[i % addrs.len()]`, and adds what they counted.
+    async fn run(
+        &mut self,
+        addrs: &[SocketAddr],
+        work: &Workload,
+        connections: usize,
+        duration: Duration,
+    ) {
+        let until = Instant::now() + duration;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..connections)
+            .zip(addrs.iter().cycle())
+            .map(|(i, &addr)| tokio::spawn(connection(addr, work.clone(), i, until)))
+            .collect();
+        for t in tasks {
+            if let Ok(o) = t.await {
+                self.hist.add(&o.hist).expect("same bounds");
+                self.requests += o.requests;
+                self.errors += o.errors;
+            }
+        }
+        self.elapsed += started.elapsed().as_secs_f64();
+    }
+
+    /// The phase's figures, printed as one line.
+    #[allow(clippy::cast_precision_loss)]
+    fn into_phase(self, name: &str, connections: usize) -> Phase {
+        let q = |q: f64| {
+            if self.hist.is_empty() {
+                0.0
+            } else {
+                self.hist.value_at_quantile(q) as f64
+            }
+        };
+        let phase = Phase {
+            name: name.to_string(),
+            connections,
+            requests: self.requests,
+            errors: self.errors,
+            rps: (self.requests - self.errors) as f64 / self.elapsed.max(1e-9),
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            rps_ratio: 0.0,
+            p50_ratio: 0.0,
+        };
+        eprintln!(
+            "{:<36} conns {:>3}: {:>9.0} req/s  p50 {:>8.0} µs  p99 {:>8.0} µs  p99.9 {:>8.0} µs  errors {}",
+            phase.name,
+            connections,
+            phase.rps,
+            phase.p50_us,
+            phase.p99_us,
+            phase.p999_us,
+            phase.errors
+        );
+        phase
+    }
+}
+
 /// Runs `connections` closed loops for `duration`, connection `i` against
 /// `addrs[i % addrs.len()]` (several front-ends share the load round robin).
 pub(super) async fn measure(
@@ -118,46 +198,36 @@ pub(super) async fn measure(
     connections: usize,
     duration: Duration,
 ) -> Phase {
-    let until = Instant::now() + duration;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .zip(addrs.iter().cycle())
-        .map(|(i, &addr)| tokio::spawn(connection(addr, work.clone(), i, until)))
-        .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds");
-    let (mut requests, mut errors) = (0, 0);
-    for t in tasks {
-        if let Ok(o) = t.await {
-            hist.add(&o.hist).expect("same bounds");
-            requests += o.requests;
-            errors += o.errors;
-        }
+    let mut tally = Tally::new();
+    tally.run(addrs, &work, connections, duration).await;
+    tally.into_phase(name, connections)
+}
+
+/// How long each turn of [`alternate`] lasts.
+pub(super) const TURN: Duration = Duration::from_secs(1);
+
+/// Two servers measured by turns of [`TURN`] (`first`, `second`,
+/// `first`, ...) until each has had `duration`: their ratio then compares
+/// them at the same moments, where two phases run one after the other
+/// also compare the machine's speed then and later (it moves by a third
+/// between runs minutes apart here).
+pub(super) async fn alternate(
+    first: (&str, &[SocketAddr]),
+    second: (&str, &[SocketAddr]),
+    work: Workload,
+    connections: usize,
+    duration: Duration,
+) -> [Phase; 2] {
+    let (mut a, mut b) = (Tally::new(), Tally::new());
+    let mut left = duration;
+    while !left.is_zero() {
+        let turn = left.min(TURN);
+        a.run(first.1, &work, connections, turn).await;
+        b.run(second.1, &work, connections, turn).await;
+        left -= turn;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    #[allow(clippy::cast_precision_loss)]
-    let q = |q: f64| {
-        if hist.is_empty() {
-            0.0
-        } else {
-            hist.value_at_quantile(q) as f64
-        }
-    };
-    #[allow(clippy::cast_precision_loss)]
-    let phase = Phase {
-        name: name.to_string(),
-        connections,
-        requests,
-        errors,
-        rps: (requests - errors) as f64 / elapsed.max(1e-9),
-        p50_us: q(0.5),
-        p99_us: q(0.99),
-        p999_us: q(0.999),
-        rps_ratio: 0.0,
-        p50_ratio: 0.0,
-    };
-    eprintln!(
-        "{:<24} conns {:>3}: {:>9.0} req/s  p50 {:>8.0} µs  p99 {:>8.0} µs  p99.9 {:>8.0} µs  errors {}",
-        phase.name, connections, phase.rps, phase.p50_us, phase.p99_us, phase.p999_us, phase.errors
-    );
-    phase
+    [
+        a.into_phase(first.0, connections),
+        b.into_phase(second.0, connections),
+    ]
 }
