@@ -330,9 +330,9 @@ impl Archive {
     fn push(&self, first: u64, end: u64, fps: &[Fingerprint]) -> Result<(), StoreError> {
         let grow = {
             let closed = self.read();
-            closed.must_grow(fps.len()).then(|| {
+            closed.must_grow(fps.len()).map(|keys| {
                 let ranges: Vec<(u64, u64)> = closed.iter().map(|s| (s.first, s.end)).collect();
-                (ranges, closed.keys() + fps.len())
+                (ranges, keys)
             })
         };
         let grown = if let Some((ranges, keys)) = grow {

@@ -60,10 +60,11 @@ impl Closed {
         self.list.iter().map(|s| s.keys).sum()
     }
 
-    /// Whether `more` keys would overfill the array (it is then rebuilt
-    /// larger, [`Closed::replace_filter`]).
-    pub(super) fn must_grow(&self, more: usize) -> bool {
-        self.keys().saturating_add(more) > self.filter.room() && self.filter.log2 < MAX_BITS_LOG2
+    /// When `more` keys would overfill the array, the keys a larger one
+    /// must be sized for (it is then rebuilt, [`Closed::replace_filter`]).
+    pub(super) fn must_grow(&self, more: usize) -> Option<usize> {
+        let keys = self.keys().saturating_add(more);
+        (keys > self.filter.room() && self.filter.log2 < MAX_BITS_LOG2).then_some(keys)
     }
 
     /// The array's size, log2 of its bits.
