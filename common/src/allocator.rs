@@ -1,5 +1,6 @@
-//! The allocator options the storage services run with (mimalloc v3,
-//! docs/PERFORMANCE.md, The allocator's options):
+//! The allocator options the storage services run with (mimalloc v3;
+//! docs/PERFORMANCE.md, The allocator's reclaiming off in the storage
+//! services, and Freed pages go back at once in the storage services):
 //!
 //! - [`RECLAIM_ENV`] off: mimalloc reclaims another thread's abandoned
 //!   pages when it frees into them, and under the write path that kept
@@ -7,11 +8,10 @@
 //!   third less after a 300,000-order fill and the CPU per trade did not
 //!   move.
 //! - [`PURGE_ENV`] 0: pages the allocator no longer uses go back to the
-//!   system at once instead of after 1000 ms. Under the write path, which
-//!   frees as much as it allocates every second, a second of freed pages
-//!   is tens of MiB: with it, a 1,000,000-order fill ended at 49-57 MiB per
-//!   replica instead of 79-84, and trades cost 1.5-6.3% more CPU (five
-//!   alternating pairs).
+//!   system at once instead of after 1000 ms. With it, three
+//!   1,000,000-order fills ended at 48-57 MiB per replica, against 79-84
+//!   without, and trades cost 1.5-6.3% more CPU (five alternating
+//!   rounds).
 //!
 //! mimalloc reads its options from the environment once, before `main`,
 //! and setting one from Rust would take `unsafe` (which the workspace

@@ -63,10 +63,10 @@ pub const WORKERS_ENV: &str = "TOKIO_WORKER_THREADS";
 /// a time) and sled flushes on threads of its own, so a second worker only
 /// moves tasks between threads: with one, the cluster spent 9-10% less CPU
 /// per trade and made 8% more trades at 64 connections. A front-end with
-/// two workers on this 2-core machine was preempted on one request in
-/// five to seven; with one, it spent 4-6 µs (14-20%) less CPU per trade,
-/// and cached lookups were as fast as before (docs/PERFORMANCE.md, One
-/// worker for the front-end too).
+/// two workers on this 2-core machine was preempted 0.16-0.23 times per
+/// cached lookup; with one, it spent 4-6 µs (14-20%) less CPU per trade,
+/// and cached lookups stayed within their run-to-run spread
+/// (docs/PERFORMANCE.md, One worker for the front-end too).
 /// What may block for long runs through [`blocking`], which lends the
 /// worker's other tasks a thread meanwhile.
 pub fn service_runtime() -> std::io::Result<tokio::runtime::Runtime> {
