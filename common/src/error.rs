@@ -56,7 +56,9 @@ impl ApiError {
     /// error" and the id to look for, never engine or path details.
     pub fn internal_from(cause: &dyn std::fmt::Display) -> Self {
         let id = crate::request_id::current();
-        let id = id.as_deref().unwrap_or("none");
+        let id = id
+            .as_deref()
+            .map_or("none", crate::request_id::RequestInfo::id);
         tracing::error!(error = %cause, request_id = id, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

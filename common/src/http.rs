@@ -1,30 +1,31 @@
 //! HTTP plumbing every service shares: the accept loop with its limits, the
-//! JSON error mapping for everything the router answers by itself (unknown
-//! route, wrong method, body too large, timeout, overload), the typed JSON
-//! extractor, the cluster-token check and the internal HTTP client.
+//! gate in front of every router (request id, load shedding, timeout, body
+//! limits, and the JSON error mapping for everything the router answers by
+//! itself), the typed JSON extractor, the cluster-token check and the
+//! internal HTTP client.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
+use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{BoxError, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceBuilder;
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::error::ApiError;
+
+mod gate;
+pub use gate::Gate;
 
 /// Header carrying the cluster token on internal requests.
 pub const TOKEN_HEADER: &str = "x-bazaar-token";
@@ -72,7 +73,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = with_limits(router, limits);
+    let app = with_limits(router, limits);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -94,7 +95,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(app.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -125,98 +126,26 @@ pub async fn serve(
 /// time spent draining.
 pub const DRAIN_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Wraps a router in the request id, the JSON error mapping, load
-/// shedding, the request timeout and the body limits.
-///
-/// The layers wrap the router as one service, not each route (which is what
-/// `Router::layer` does): a per-route layer clones its inner route, boxed,
-/// on every request; wrapping once took cached lookups at 64 connections
-/// from 79k/s to 83k/s (docs/PERFORMANCE.md). Outermost first, so the
-/// request id is on every answer, also a 408, 413 or 503 the layers give
-/// themselves.
-pub fn with_limits(router: Router, limits: Limits) -> Router {
-    let max = limits.max_body_bytes;
-    let stack = ServiceBuilder::new()
-        .layer(middleware::from_fn(crate::request_id::middleware))
-        .layer(middleware::from_fn(json_errors))
-        .layer(HandleErrorLayer::new(|e: BoxError| async move {
-            ApiError::unavailable(format!("server overloaded: {e}"))
-        }))
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits.max_in_flight,
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            refuse_oversized(max, req, next)
-        }))
-        // Refuses a body whose Content-Length is over the limit before it
-        // is read: without it such a request waits for its body until the
-        // request timeout (408) instead of getting 413 at once.
-        .layer(RequestBodyLimitLayer::new(max))
-        .layer(DefaultBodyLimit::max(max))
-        .service(router);
-    Router::new().fallback_service(stack)
-}
-
-/// Answers 413 to a request whose declared body is over `max`, after
-/// draining a body of up to [`DRAIN_LIMIT_BYTES`] (see there).
-async fn refuse_oversized(max: usize, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let Some(declared) = declared.filter(|&n| n > u64::try_from(max).unwrap_or(u64::MAX)) else {
-        return next.run(req).await;
-    };
-    let mut response = ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body too large: {declared} bytes, the limit is {max}"),
+/// Wraps a router in the [`Gate`]: the request id, load shedding, the
+/// request timeout, the body limits and the JSON error mapping. The
+/// router's extractors read bodies up to `max_body_bytes`
+/// (`DefaultBodyLimit`): a body without a Content-Length that runs over is
+/// refused with 413 as it is read.
+pub fn with_limits(
+    router: Router,
+    limits: Limits,
+) -> Gate<
+    impl tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    use tower::Layer;
+    Gate::new(
+        DefaultBodyLimit::max(limits.max_body_bytes).layer(router),
+        limits,
     )
-    .into_response();
-    if declared <= DRAIN_LIMIT_BYTES {
-        let mut body = req.into_body();
-        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-            if frame.is_err() {
-                break;
-            }
-        }
-    } else {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-/// Gives every error response the contract's JSON body, also those the
-/// router and the layers produce with an empty or text body.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let message = match status {
-        StatusCode::NOT_FOUND => "no such route".to_string(),
-        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_string(),
-        StatusCode::REQUEST_TIMEOUT => "request took too long".to_string(),
-        StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_string(),
-        s => s.canonical_reason().unwrap_or("error").to_string(),
-    };
-    let mut fixed = ApiError::new(status, message).into_response();
-    if let Some(allow) = response.headers().get(header::ALLOW) {
-        fixed.headers_mut().insert(header::ALLOW, allow.clone());
-    }
-    fixed
 }
 
 /// `Json<T>` whose rejections are the contract's error JSON: 415 for a
@@ -412,12 +341,13 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
-    /// The layers' own answers (413 for a body over the limit, 404 for an
+    /// The gate's own answers (413 for a body over the limit, 404 for an
     /// unknown route) carry the request id too: the caller's when it sent
     /// one, else a fresh one.
     #[tokio::test]
-    async fn the_layers_own_answers_carry_the_request_id() {
+    async fn the_gates_own_answers_carry_the_request_id() {
         use axum::body::Body;
+        use axum::http::header;
         use axum::routing::post;
         use tower::ServiceExt;
 

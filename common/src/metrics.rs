@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,12 +38,8 @@ pub fn latency_histogram() -> Histogram {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// Requests by route, method and status, and their latency.
-#[derive(Clone)]
-pub struct HttpMetrics {
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: HistogramFamily<RouteLabels>,
-}
+mod track;
+pub use track::{HttpMetrics, Track, Tracked, TrackedFuture};
 
 /// A registry with the service label and the HTTP metrics in it; the
 /// service registers its own before `finish`.
@@ -59,10 +54,9 @@ impl MetricsBuilder {
             "bazaar",
             [("service".into(), service.to_string().into())].into_iter(),
         );
-        let http = HttpMetrics {
-            requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-        };
+        let http = HttpMetrics::new(Family::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        ));
         registry.register(
             "http_requests",
             "HTTP requests answered, by route, method and status",
@@ -78,15 +72,13 @@ impl MetricsBuilder {
 
     /// Wraps `router` so every request is counted and timed (by route:
     /// this layer is per route, to see the matched path), and adds
-    /// `GET /metrics`. The request id comes from `http::with_limits`.
+    /// `GET /metrics`. The request id comes from `http::Gate`.
     pub fn finish(self, router: Router) -> Router {
         let registry = Arc::new(self.registry);
         let metrics = Router::new()
             .route("/metrics", get(scrape))
             .with_state(registry);
-        router
-            .merge(metrics)
-            .layer(axum::middleware::from_fn_with_state(self.http, track))
+        router.merge(metrics).layer(Track::new(self.http))
     }
 }
 
@@ -114,31 +106,6 @@ async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
             .into_response(),
         Err(e) => crate::ApiError::internal(format!("cannot encode metrics: {e}")).into_response(),
     }
-}
-
-async fn track(State(http): State<HttpMetrics>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // The route pattern, not the path: `/stocks/{name}` stays one series.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = request.method().as_str().to_string();
-    let response = next.run(request).await;
-    http.latency
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            method: method.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    http.requests
-        .get_or_create(&RequestLabels {
-            route,
-            method,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
 }
 
 /// Count and time of the database flushes of a service, and its storage

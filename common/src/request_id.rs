@@ -1,77 +1,112 @@
 //! Request ids: every request gets one (the caller's `x-request-id` when it
-//! sent a sane one, else a fresh one), runs inside a tracing span that
-//! carries it, returns it in the response header, and passes it on to the
-//! services it calls ([`tag`]), so one trade can be followed across the
+//! sent a sane one, else a fresh one), returns it in the response header,
+//! passes it on to the services it calls ([`tag`]), and has it on every log
+//! line written while it is served, so one trade can be followed across the
 //! logs of the front-end, the leader and the catalog.
+//!
+//! The request is held in a task-local ([`scope`], set by the server's gate
+//! in `http`), not in a tracing span: the log formatter
+//! (`telemetry`) reads it from there. A span per request cost its creation,
+//! the formatting of its fields and an enter and exit on every poll, on
+//! every request whether anything was logged or not (docs/PERFORMANCE.md,
+//! One gate instead of a stack of layers).
 
+use std::fmt;
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
-use tracing::Instrument;
+use axum::http::{HeaderValue, Method, Uri};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest id taken from a caller; longer ones are replaced.
 const MAX_ID_LEN: usize = 64;
 
+/// The request a task is serving: its id, method and path.
+#[derive(Debug)]
+pub struct RequestInfo {
+    id: HeaderValue,
+    method: Method,
+    uri: Uri,
+}
+
+impl RequestInfo {
+    /// The caller's id in `headers` when it is acceptable, else a fresh one.
+    pub fn of(method: &Method, uri: &Uri, headers: &axum::http::HeaderMap) -> RequestInfo {
+        let id = headers
+            .get(REQUEST_ID_HEADER)
+            .filter(|v| acceptable(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(fresh);
+        RequestInfo {
+            id,
+            method: method.clone(),
+            uri: uri.clone(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        // Only visible ASCII is ever taken (`acceptable`, `fresh`).
+        self.id.to_str().unwrap_or_default()
+    }
+
+    /// The id as the response header's value.
+    pub fn header(&self) -> HeaderValue {
+        self.id.clone()
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+}
+
+/// The id.
+impl fmt::Display for RequestInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
 tokio::task_local! {
-    static REQUEST_ID: Arc<str>;
+    static REQUEST: Arc<RequestInfo>;
 }
 
-/// The id of the request this task is serving, if any.
-pub fn current() -> Option<Arc<str>> {
-    REQUEST_ID.try_with(Arc::clone).ok()
+/// The request this task is serving, if any.
+pub fn current() -> Option<Arc<RequestInfo>> {
+    REQUEST.try_with(Arc::clone).ok()
 }
 
-/// Runs `f` as part of request `id` (for work a request hands to another
-/// task).
+/// Runs `f` as part of `request` (the gate for each request; a task a
+/// request hands work to, so its log lines and calls carry the id).
 pub fn scope<F: std::future::Future>(
-    id: Arc<str>,
+    request: Arc<RequestInfo>,
     f: F,
 ) -> impl std::future::Future<Output = F::Output> {
-    REQUEST_ID.scope(id, f)
+    REQUEST.scope(request, f)
 }
 
 /// Adds the current request id to an outgoing call.
 pub fn tag(builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     match current() {
-        Some(id) => builder.header(REQUEST_ID_HEADER, &*id),
+        Some(request) => builder.header(REQUEST_ID_HEADER, request.header()),
         None => builder,
     }
 }
 
-fn fresh() -> Arc<str> {
-    Arc::from(format!("{:016x}", rand::random::<u64>()))
-}
-
-fn acceptable(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Middleware: assigns the id, opens the span, echoes the header.
-pub async fn middleware(request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable(v))
-        .map_or_else(fresh, Arc::from);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
-    let mut response = REQUEST_ID
-        .scope(id.clone(), next.run(request))
-        .instrument(span)
-        .await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+fn fresh() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u64>();
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
-    response
+    HeaderValue::from_bytes(&digits).expect("hex digits are a valid header value")
+}
+
+fn acceptable(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.iter().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]
@@ -80,17 +115,25 @@ mod tests {
 
     #[test]
     fn only_short_visible_ids_are_taken() {
-        assert!(acceptable("abc-123"));
-        assert!(!acceptable(""));
-        assert!(!acceptable("a b"));
-        assert!(!acceptable(&"x".repeat(65)));
-        assert_eq!(fresh().len(), 16);
+        assert!(acceptable(b"abc-123"));
+        assert!(!acceptable(b""));
+        assert!(!acceptable(b"a b"));
+        assert!(!acceptable("x".repeat(65).as_bytes()));
+        let id = fresh();
+        assert_eq!(id.len(), 16);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+        assert_ne!(fresh(), fresh());
     }
 
     #[tokio::test]
     async fn current_is_set_inside_the_scope_only() {
         assert!(current().is_none());
-        let inside = REQUEST_ID.scope(Arc::from("r1"), async { current() }).await;
-        assert_eq!(inside.as_deref(), Some("r1"));
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("r1"));
+        let request = RequestInfo::of(&Method::GET, &Uri::from_static("/stocks/A?x=1"), &headers);
+        let inside = scope(Arc::new(request), async { current() }).await;
+        let inside = inside.expect("the request inside its scope");
+        assert_eq!((inside.id(), inside.path()), ("r1", "/stocks/A"));
+        assert_eq!(inside.to_string(), "r1");
     }
 }

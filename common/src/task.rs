@@ -11,7 +11,7 @@
 
 /// Runs `work` in a task of its own and waits for it: dropping the wait
 /// does not stop the work, and says so in the log under `what`. The work
-/// keeps the caller's tracing span and request id. `Err` says why the work
+/// keeps the caller's request id. `Err` says why the work
 /// did not end: it panicked (logged here; the caller answers with an error
 /// instead of dropping its connection), or the runtime is shutting down.
 pub async fn to_the_end<T: Send + 'static>(
@@ -30,8 +30,7 @@ pub async fn to_the_end<T: Send + 'static>(
     }
     let waiting = Waiting(what);
     // The work stays part of the request: its log lines carry the
-    // request's span and id, and its calls pass the id on.
-    let work = tracing::Instrument::instrument(work, tracing::Span::current());
+    // request's id, and its calls pass the id on.
     let joined = match crate::request_id::current() {
         Some(id) => tokio::spawn(crate::request_id::scope(id, work)).await,
         None => tokio::spawn(work).await,
@@ -133,11 +132,20 @@ mod tests {
 
     #[tokio::test]
     async fn the_work_keeps_the_request_id() {
-        let seen = crate::request_id::scope(Arc::from("r-7"), async {
+        use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            crate::request_id::REQUEST_ID_HEADER,
+            HeaderValue::from_static("r-7"),
+        );
+        let request =
+            crate::request_id::RequestInfo::of(&Method::POST, &Uri::from_static("/x"), &headers);
+        let seen = crate::request_id::scope(Arc::new(request), async {
             to_the_end("test", async { crate::request_id::current() }).await
         })
         .await;
-        assert_eq!(seen.ok().flatten().as_deref(), Some("r-7"));
+        let seen = seen.ok().flatten().expect("the request in the work");
+        assert_eq!(seen.id(), "r-7");
     }
 
     /// On a service's one-worker runtime, a task blocked in [`blocking`]

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use common::ApiError;
+use common::request_id::RequestInfo;
 use common::types::{MAX_TRADE_BATCH, TradeAnswer, TradeCommand, TradeReceipt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -30,7 +31,7 @@ type Reply = oneshot::Sender<Result<TradeReceipt, ApiError>>;
 
 /// A trade waiting for its batch: the command, the request id it came
 /// with, and where its answer goes.
-type Queued = (TradeCommand, Option<Arc<str>>, Reply);
+type Queued = (TradeCommand, Option<Arc<RequestInfo>>, Reply);
 
 #[derive(Clone)]
 pub struct TradeRelay {
@@ -88,7 +89,10 @@ async fn relay(forward: &Arc<Forwarder>, batch: Vec<Queued>) {
     let cmds: Vec<TradeCommand> = batch.iter().map(|(c, ..)| c.clone()).collect();
     let ids: Vec<String> = batch
         .iter()
-        .map(|(_, id, _)| id.as_deref().unwrap_or("").to_string())
+        .map(|(_, id, _)| {
+            id.as_deref()
+                .map_or_else(String::new, |r| r.id().to_string())
+        })
         .collect();
     let outcomes = match forward.trade_batch(&cmds, &ids).await {
         Ok(o) if o.len() == batch.len() => o,
