@@ -105,7 +105,16 @@ pub async fn up(config_path: &Path, frontends: Option<u32>) -> anyhow::Result<()
             d.display()
         );
     }
-    if let Err(e) = cluster.start_all().await {
+    // Listening for Ctrl-C from here on: one during the start stops what
+    // has started.
+    let mut shutdown = std::pin::pin!(common::http::shutdown_signal());
+    let started = tokio::select! {
+        started = cluster.start_all() => started,
+        () = &mut shutdown => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(e) = started {
+        // Nothing is restarted while it stops.
+        let _ = cluster.supervise(false);
         let _ = cluster.stop_all().await;
         return Err(e.context("the cluster did not start"));
     }
@@ -124,7 +133,6 @@ pub async fn up(config_path: &Path, frontends: Option<u32>) -> anyhow::Result<()
     }
     println!("Stop everything with Ctrl-C.");
 
-    let mut shutdown = std::pin::pin!(common::http::shutdown_signal());
     let mut tick = tokio::time::interval(REPORT_EVERY);
     let mut seen = BTreeMap::new();
     loop {
@@ -167,16 +175,25 @@ fn write_derived(config_path: &Path, run_dir: &Path, n: u32) -> anyhow::Result<O
         config_path.display(),
         serde_json::to_string_pretty(&derived)?
     );
+    // Written beside and renamed into place: `bazaar status` reads it as
+    // soon as the control socket answers, and must never see it half
+    // written.
+    let partial = run_dir.join("cluster.yaml.partial");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
+        .open(&partial)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    drop(f);
     // Checked as every service will read it.
-    Config::load(&path).with_context(|| format!("the config written to {}", path.display()))?;
+    Config::load(&partial)
+        .with_context(|| format!("the config written to {}", partial.display()))?;
+    std::fs::rename(&partial, &path)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
     Ok(Some(path))
 }
 
@@ -370,6 +387,12 @@ mod tests {
         std::fs::create_dir_all(&run).unwrap();
         assert_eq!(write_derived(&path, &run, 2).unwrap(), None);
         let written = write_derived(&path, &run, 3).unwrap().unwrap();
+        // Renamed into place: nothing half written is left beside it.
+        let names: Vec<_> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("cluster.yaml")]);
         let derived = Config::load(&written).unwrap();
         assert_eq!(derived.frontend(2), config.frontend(2));
         assert_eq!(derived.frontends().len(), 3);

@@ -137,3 +137,33 @@ fn bazaar_up_runs_a_cluster_the_client_can_verify() {
         assert!(!healthy(&url), "{url} still answers after Ctrl-C");
     }
 }
+
+/// Ctrl-C while the cluster is still starting (the catalog up, the
+/// replicas in their start-up catch-up) stops what has started, and
+/// `bazaar up` exits by itself instead of dying of the signal.
+#[test]
+fn ctrl_c_during_the_start_stops_what_has_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_scratch_config(dir.path(), &ScratchOptions::default()).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let mut up = Up::start(&config_path, &["--frontends", "2"], Stdio::null());
+    wait_until_blocking("the catalog of bazaar up", Duration::from_secs(30), || {
+        healthy(&config.catalog_url())
+    });
+    let code = up.interrupt(Duration::from_secs(30));
+    assert!(
+        code.code().is_some(),
+        "bazaar up did not exit by itself: {code}"
+    );
+    for url in std::iter::once(config.catalog_url())
+        .chain(config.orders.iter().map(|o| o.url()))
+        .chain(std::iter::once(config.frontend_url()))
+    {
+        assert!(!healthy(&url), "{url} still answers after Ctrl-C");
+    }
+    let run = dir.path().join("data/run");
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{} holds {left:?}", run.display());
+}
