@@ -54,9 +54,7 @@ impl MetricsBuilder {
             "bazaar",
             [("service".into(), service.to_string().into())].into_iter(),
         );
-        let http = HttpMetrics::new(Family::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        ));
+        let http = HttpMetrics::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by route, method and status",

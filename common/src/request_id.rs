@@ -62,6 +62,18 @@ impl RequestInfo {
     }
 }
 
+/// A request with the caller's id `id`, as the gate makes it (tests).
+#[cfg(test)]
+pub(crate) fn test_request(
+    id: &'static str,
+    method: Method,
+    uri: &'static str,
+) -> Arc<RequestInfo> {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static(id));
+    Arc::new(RequestInfo::of(&method, &Uri::from_static(uri), &headers))
+}
+
 /// The id.
 impl fmt::Display for RequestInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -128,10 +140,8 @@ mod tests {
     #[tokio::test]
     async fn current_is_set_inside_the_scope_only() {
         assert!(current().is_none());
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("r1"));
-        let request = RequestInfo::of(&Method::GET, &Uri::from_static("/stocks/A?x=1"), &headers);
-        let inside = scope(Arc::new(request), async { current() }).await;
+        let request = test_request("r1", Method::GET, "/stocks/A?x=1");
+        let inside = scope(request, async { current() }).await;
         let inside = inside.expect("the request inside its scope");
         assert_eq!((inside.id(), inside.path()), ("r1", "/stocks/A"));
         assert_eq!(inside.to_string(), "r1");

@@ -132,15 +132,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_work_keeps_the_request_id() {
-        use axum::http::{HeaderMap, HeaderValue, Method, Uri};
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            crate::request_id::REQUEST_ID_HEADER,
-            HeaderValue::from_static("r-7"),
-        );
-        let request =
-            crate::request_id::RequestInfo::of(&Method::POST, &Uri::from_static("/x"), &headers);
-        let seen = crate::request_id::scope(Arc::new(request), async {
+        let request = crate::request_id::test_request("r-7", axum::http::Method::POST, "/x");
+        let seen = crate::request_id::scope(request, async {
             to_the_end("test", async { crate::request_id::current() }).await
         })
         .await;

@@ -142,10 +142,9 @@ pub fn exit_on_error(binary: &str, result: anyhow::Result<()>) {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+    use axum::http::Method;
 
     use super::*;
-    use crate::request_id::{REQUEST_ID_HEADER, RequestInfo};
 
     /// Lines written to a shared buffer.
     #[derive(Clone, Default)]
@@ -184,10 +183,8 @@ mod tests {
         };
         let _guard = tracing::subscriber::set_default(subscriber);
         tracing::info!(n = 1, "outside");
-        let mut headers = HeaderMap::new();
-        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("id-\"7\""));
-        let request = RequestInfo::of(&Method::POST, &Uri::from_static("/orders?x"), &headers);
-        crate::request_id::scope(Arc::new(request), async {
+        let request = crate::request_id::test_request("id-\"7\"", Method::POST, "/orders?x");
+        crate::request_id::scope(request, async {
             tracing::warn!(n = 2, "inside");
         })
         .await;

@@ -75,15 +75,17 @@ impl RouteSeries {
     }
 }
 
-impl HttpMetrics {
-    pub fn new(latency: HistogramFamily<RouteLabels>) -> HttpMetrics {
+impl Default for HttpMetrics {
+    fn default() -> HttpMetrics {
         HttpMetrics {
             requests: Family::default(),
-            latency,
+            latency: Family::new_with_constructor(super::latency_histogram),
             series: Arc::default(),
         }
     }
+}
 
+impl HttpMetrics {
     /// The series of `route` and `method`, created the first time.
     fn series(&self, route: &str, method: &Method) -> Arc<RouteSeries> {
         let method = method_label(method);
@@ -241,9 +243,7 @@ mod tests {
 
     #[test]
     fn series_are_found_again_and_counted_by_status() {
-        let http = HttpMetrics::new(Family::new_with_constructor(
-            super::super::latency_histogram as fn() -> Histogram,
-        ));
+        let http = HttpMetrics::default();
         let a = http.series("/stocks/{name}", &Method::GET);
         let b = http.series("/stocks/{name}", &Method::GET);
         assert!(Arc::ptr_eq(&a, &b));
