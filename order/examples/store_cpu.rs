@@ -1,0 +1,119 @@
+//! What a replica's store costs in CPU per order, alone in a process:
+//! batches of `--depth` orders appended to a fresh log in `--dir` (one
+//! transaction over the order and key trees, then a flush, as a replica
+//! does for each batch), or with `--raw` the same records inserted into two
+//! plain sled trees and flushed (the engine alone, without our encoding,
+//! checksums and transaction).
+//!
+//! CPU is the process's user and system time from `/proc/self/stat`, so it
+//! includes sled's I/O threads. docs/PERFORMANCE.md uses it to split a
+//! trade's storage CPU into a part per batch and a part per order.
+//!
+//! ```sh
+//! cargo run --release -p order --example store_cpu -- --dir /tmp/probe --depth 22
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+use common::types::{OrderRecord, TradeKind};
+use order::store::OrderLog;
+
+#[derive(Parser)]
+struct Args {
+    /// Where the probe's database is created (removed first, and after).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Orders per batch (per flush).
+    #[arg(long, default_value_t = 22)]
+    depth: u64,
+    /// Orders in all.
+    #[arg(long, default_value_t = 40_000)]
+    orders: u64,
+    /// Two plain sled trees instead of the replica's log.
+    #[arg(long)]
+    raw: bool,
+}
+
+/// User + system ticks of this process so far (all threads).
+fn cpu_ticks() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("/proc/self/stat is short"))?
+            .parse()?)
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// Orders `first..first + depth`, each with a key of 32 hex digits, the
+/// size of a front-end's generated key.
+fn batch(first: u64, depth: u64) -> Vec<OrderRecord> {
+    (first..first + depth)
+        .map(|n| OrderRecord {
+            number: n,
+            name: "AAPL".into(),
+            kind: TradeKind::Buy,
+            quantity: 1,
+            key: format!("{:032x}", u128::from(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+        })
+        .collect()
+}
+
+async fn append_all(dir: &Path, args: &Args) -> anyhow::Result<u64> {
+    let mut written = 0;
+    if args.raw {
+        let db = common::storage::open_db(dir, "store_cpu")?;
+        let (orders, keys) = (db.open_tree("orders")?, db.open_tree("keys")?);
+        while written < args.orders {
+            for r in batch(written, args.depth) {
+                orders.insert(r.number.to_be_bytes(), postcard::to_allocvec(&r)?)?;
+                keys.insert(r.key.as_bytes(), &r.number.to_be_bytes())?;
+            }
+            db.flush_async().await?;
+            written += args.depth;
+        }
+    } else {
+        let log = OrderLog::open(dir)?;
+        while written < args.orders {
+            written = log.append(&batch(written, args.depth)).await?;
+        }
+    }
+    Ok(written)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.depth > 0, "--depth must be at least 1");
+    let dir = args.dir.join("store-cpu-probe");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ticks, started) = (cpu_ticks()?, Instant::now());
+    let written = append_all(&dir, &args).await;
+    let (cpu_ticks, wall) = (cpu_ticks()? - ticks, started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+    let written = written?;
+    #[allow(clippy::cast_precision_loss)]
+    let (orders, batches) = (written as f64, written.div_ceil(args.depth) as f64);
+    #[allow(clippy::cast_precision_loss)]
+    // /proc reports in USER_HZ, which is 100 on Linux.
+    let cpu_us = cpu_ticks as f64 * 1e6 / 100.0;
+    println!(
+        "{} depth {}: {written} orders in {batches} batches, CPU {:.1} µs per order, \
+         {:.0} µs per batch; wall {:.0} µs per batch",
+        if args.raw { "raw sled" } else { "order log" },
+        args.depth,
+        cpu_us / orders,
+        cpu_us / batches,
+        wall.as_secs_f64() * 1e6 / batches
+    );
+    Ok(())
+}
