@@ -398,7 +398,8 @@ mod tests {
             ));
             log.set_epoch(7).await.unwrap();
         }
-        let log = OrderLog::open(dir.path()).unwrap();
+        // sled lets go of its lock a moment after the last handle is dropped.
+        let log = storage::open_when_unlocked(|| OrderLog::open(dir.path())).unwrap();
         assert_eq!(log.highest(), Some(2));
         assert_eq!(log.by_key("k1").unwrap(), Some(1));
         assert_eq!(log.epoch().unwrap(), 7);
