@@ -325,13 +325,7 @@ impl Cluster {
     /// Is `s` frozen by SIGSTOP (state `T` in `/proc/<pid>/stat`)?
     pub fn is_paused(&self, s: Service) -> bool {
         let Some(pid) = self.pid(s) else { return false };
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let (_, rest) = stat.rsplit_once(')')?;
-                rest.split_whitespace().next().map(|state| state == "T")
-            })
-            .unwrap_or(false)
+        common::proc_stat::read(Some(pid)).is_some_and(|s| s.state == 'T')
     }
 
     /// SIGCONT after [`pause`](Self::pause).

@@ -6,7 +6,8 @@
 //! (`client`), the HTTP plumbing that gives every server the same limits and
 //! shutdown behaviour (`http`, `telemetry`, `request_id`, `metrics`), the
 //! shared storage helpers of both stores (`storage`), the stocks file
-//! (`stocks`), fault points (`fault`), the allocator option the storage
+//! (`stocks`), fault points (`fault`), what `/proc` says of a process
+//! (`proc_stat`), the allocator option the storage
 //! services run with (`allocator`) and the one wait-until helper of every
 //! test (`wait`).
 
@@ -18,6 +19,7 @@ pub mod fault;
 pub mod http;
 pub mod metrics;
 pub mod ports;
+pub mod proc_stat;
 pub mod request_id;
 pub mod stocks;
 pub mod storage;

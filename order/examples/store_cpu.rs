@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
+use common::proc_stat;
 use common::types::{OrderRecord, TradeKind};
 use order::store::OrderLog;
 
@@ -55,20 +56,9 @@ enum Tree {
 
 /// User + system ticks of this process so far (all threads).
 fn cpu_ticks() -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let tick = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("/proc/self/stat is short"))?
-            .parse()?)
-    };
-    Ok(tick(11)? + tick(12)?)
+    proc_stat::read(None)
+        .map(|s| s.cpu_ticks)
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/stat does not read"))
 }
 
 /// Orders `first..first + depth`, each with a key of 32 hex digits, the
@@ -134,8 +124,7 @@ async fn main() -> anyhow::Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let (orders, batches) = (written as f64, written.div_ceil(args.depth) as f64);
     #[allow(clippy::cast_precision_loss)]
-    // /proc reports in USER_HZ, which is 100 on Linux.
-    let cpu_us = cpu_ticks as f64 * 1e6 / 100.0;
+    let cpu_us = cpu_ticks as f64 * 1e6 / proc_stat::TICKS_PER_SECOND;
     println!(
         "{} depth {}: {written} orders in {batches} batches, CPU {:.1} µs per order, \
          {:.0} µs per batch; wall {:.0} µs per batch",

@@ -3,6 +3,7 @@
 //! request is the difference over the requests it completed (the load
 //! generator, in this process, is not counted).
 
+use common::proc_stat::{self, TICKS_PER_SECOND};
 use serde::Serialize;
 
 /// CPU one service spent over a phase, per completed request.
@@ -14,23 +15,9 @@ pub struct ServiceCpu {
     pub us_per_request: f64,
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` (`sysconf(_SC_CLK_TCK)`;
-/// 100 on every Linux this runs on).
-const TICKS_PER_SECOND: f64 = 100.0;
-
 /// User plus system ticks of `pid`, 0 when it is gone.
 fn ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // The command name (field 2) may hold spaces; the fields after its
-    // closing parenthesis are plain: utime and stime are fields 14 and 15.
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return 0;
-    };
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+    proc_stat::read(Some(pid)).map_or(0, |s| s.cpu_ticks)
 }
 
 /// Ticks of every service at one moment.
