@@ -201,7 +201,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         pids.iter().map(|(_, p)| *p).collect(),
         stop,
     ));
-    let flushes_before = goals::cluster_flushes(&scratch).await;
+    let timings_before = goals::cluster_timings(&scratch).await;
     phases.push(
         measure(
             "trade",
@@ -212,9 +212,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         )
         .await,
     );
-    let flushes = goals::cluster_flushes(&scratch)
+    let timings = goals::cluster_timings(&scratch)
         .await
-        .since(&flushes_before);
+        .since(&timings_before);
     let cpu_before = cpu::mark(&pids);
     let (stop_steady, steady) = tokio::sync::oneshot::channel();
     let steady = tokio::spawn(memory::sample_rss(
@@ -270,7 +270,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     );
     phases.push(measure("uncached lookup", frontend, Workload::Get(hot), c, d).await);
     scratch.cluster.stop_all().await?;
-    let floor = goals::floor(scratch.dir.path(), flushes, &phases).await?;
+    let floor = goals::floor(scratch.dir.path(), timings, &phases).await?;
 
     let at_baseline: HashMap<usize, (f64, f64)> = phases
         .iter()

@@ -121,6 +121,14 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    println!(
+        "the leader's commit of a batch during them (means): {}",
+        f.leader_commit
+            .iter()
+            .map(|c| format!("{} {:.0} µs", c.stage, c.mean_us))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     goals(&report.goals);
     Ok(())
 }

@@ -60,6 +60,9 @@ async fn every_bench_phase_completes_without_errors() {
     );
     assert_eq!(f.in_cluster.len(), 4, "{f:?}");
     assert!(f.in_cluster.iter().all(|c| c.flushes > 0), "{f:?}");
+    let stages: Vec<&str> = f.leader_commit.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(stages, ["catalog", "append", "followers"], "{f:?}");
+    assert!(f.leader_commit.iter().all(|s| s.batches > 0), "{f:?}");
     assert_eq!(report.goals.len(), 6, "{:?}", report.goals);
     assert!(
         report

@@ -121,6 +121,18 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
         3.0
     );
     assert_eq!(leader.value("bazaar_order_highest", &[]), 2.0);
+    // Every batch the leader committed went through each stage once.
+    let batches = |stage: &str| {
+        let name = format!("bazaar_order_commit_{stage}_seconds_count");
+        leader.value(&name, &[]) - leader_before.value(&name, &[])
+    };
+    assert!(
+        (1.0..=3.0).contains(&batches("catalog")),
+        "{}",
+        batches("catalog")
+    );
+    assert_eq!(batches("append"), batches("catalog"));
+    assert_eq!(batches("followers"), batches("catalog"));
     assert!(
         leader.value("bazaar_sled_flushes_total", &[])
             > leader_before.value("bazaar_sled_flushes_total", &[])

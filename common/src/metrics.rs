@@ -106,6 +106,15 @@ async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
     }
 }
 
+/// Awaits `work`, observing the time it took in `histogram` whatever its
+/// result.
+pub async fn timed<F: Future>(histogram: &Histogram, work: F) -> F::Output {
+    let started = Instant::now();
+    let output = work.await;
+    histogram.observe(started.elapsed().as_secs_f64());
+    output
+}
+
 /// Count and time of the database flushes of a service, and its storage
 /// errors (`bazaar_storage_errors_total`, registered with them). The store
 /// times its own flush ([`FlushMetrics::time`]); this type never sees the
@@ -153,10 +162,8 @@ impl FlushMetrics {
 
     /// Awaits `flush`, counting and timing it whatever its result.
     pub async fn time<F: Future>(&self, flush: F) -> F::Output {
-        let started = Instant::now();
-        let result = flush.await;
-        self.record(started.elapsed());
-        result
+        self.flushes.inc();
+        timed(&self.seconds, flush).await
     }
 }
 

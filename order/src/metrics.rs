@@ -3,9 +3,10 @@
 
 use std::sync::LazyLock;
 
-use common::metrics::FlushMetrics;
+use common::metrics::{FlushMetrics, latency_histogram};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub struct OrderMetrics {
@@ -20,6 +21,19 @@ pub struct OrderMetrics {
     pub flush: FlushMetrics,
     /// Trades committed by this replica as leader.
     pub trades_committed: Counter,
+    /// The stages of the leader's commit of one batch, each timed from
+    /// where the leader waits for it (so a call's time includes its hop).
+    pub commit: CommitStages,
+}
+
+/// Where a leader's commit of one batch spends its time.
+pub struct CommitStages {
+    /// The catalog's `/apply`, from the request's start to its answer.
+    pub catalog: Histogram,
+    /// The append to this replica's own log, flush included.
+    pub append: Histogram,
+    /// The propagation to the followers, until the last one answered.
+    pub followers: Histogram,
 }
 
 pub static METRICS: LazyLock<OrderMetrics> = LazyLock::new(|| {
@@ -33,6 +47,11 @@ pub static METRICS: LazyLock<OrderMetrics> = LazyLock::new(|| {
         orders_pulled: Counter::default(),
         flush: FlushMetrics::default(),
         trades_committed: Counter::default(),
+        commit: CommitStages {
+            catalog: latency_histogram(),
+            append: latency_histogram(),
+            followers: latency_histogram(),
+        },
     }
 });
 
@@ -69,4 +88,23 @@ pub fn register(registry: &mut Registry) {
         "Trades this replica committed as leader",
         m.trades_committed.clone(),
     );
+    for (name, help, histogram) in [
+        (
+            "order_commit_catalog_seconds",
+            "Leader: the catalog's /apply of one batch, as the leader waits for it",
+            &m.commit.catalog,
+        ),
+        (
+            "order_commit_append_seconds",
+            "Leader: the append of one batch to its own log, flush included",
+            &m.commit.append,
+        ),
+        (
+            "order_commit_followers_seconds",
+            "Leader: the propagation of one batch until the last follower answered",
+            &m.commit.followers,
+        ),
+    ] {
+        registry.register(name, help, histogram.clone());
+    }
 }

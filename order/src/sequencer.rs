@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use common::metrics::timed;
 use common::types::{ApplyBatch, OrderRecord, Role, TradeAnswer, TradeCommand, TradeOutcome};
 use tokio::sync::{mpsc, oneshot};
 
@@ -268,7 +269,8 @@ async fn commit(
         keys = ?groups.iter().map(|g| g.cmd.key.as_str()).collect::<Vec<_>>(),
         "sending a batch to the catalog"
     );
-    let verdicts = match node.catalog.apply(&batch, &batch_id).await {
+    let stages = &crate::metrics::METRICS.commit;
+    let verdicts = match timed(&stages.catalog, node.catalog.apply(&batch, &batch_id)).await {
         Ok(v) => v,
         Err(CatalogError::Sequence { .. }) => return Err(CommitError::Sequence),
         Err(CatalogError::StaleEpoch { current }) => {
@@ -310,7 +312,7 @@ async fn commit(
         // not two in a row.
         let next = last.number + 1;
         let local = async {
-            let stored = node.log.append(&records).await;
+            let stored = timed(&stages.append, node.log.append(&records)).await;
             if stored.is_ok() {
                 common::fault::point(common::fault::AFTER_LOCAL_APPEND);
             }
@@ -318,7 +320,10 @@ async fn commit(
         };
         let (stored, ()) = tokio::join!(
             local,
-            propagate(node, state.epoch, records.clone(), false, next)
+            timed(
+                &stages.followers,
+                propagate(node, state.epoch, records.clone(), false, next)
+            )
         );
         stored.map_err(|e| CommitError::Failed(e.into(), true))?;
         crate::metrics::METRICS

@@ -63,7 +63,24 @@ pub struct Floor {
     pub floor_us: f64,
     /// The services' own flushes while the one-connection trade phase ran.
     pub in_cluster: Vec<ClusterFlush>,
+    /// The stages of the leader's commit of a batch over the same phase.
+    pub leader_commit: Vec<CommitStage>,
 }
+
+/// One stage of the leader's commit of a batch (its
+/// `bazaar_order_commit_<stage>_seconds` histogram), over the
+/// one-connection trade phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitStage {
+    /// `catalog` (the `/apply` call), `append` (its own log, flush
+    /// included) or `followers` (until the last one answered).
+    pub stage: String,
+    pub batches: u64,
+    pub mean_us: f64,
+}
+
+/// The leader's commit stages, as their histograms are named.
+const COMMIT_STAGES: [&str; 3] = ["catalog", "append", "followers"];
 
 /// One goal: what was measured, the bound, and whether it holds.
 #[derive(Debug, Clone, Serialize)]
@@ -103,34 +120,64 @@ impl Goal {
     }
 }
 
-/// Sums and counts of every store's flush histogram at one moment.
-pub(super) struct FlushTotals(Vec<(String, f64, f64)>);
+/// Sums and counts, at one moment, of every store's flush histogram
+/// (`what` is `flush`) and of the leader's commit stages (`what` is the
+/// stage).
+pub(super) struct Timings(Vec<Totals>);
 
-impl FlushTotals {
-    pub(super) fn since(&self, before: &FlushTotals) -> Vec<ClusterFlush> {
-        self.0
-            .iter()
-            .map(|(service, sum, count)| {
-                let (s0, c0) = before
-                    .0
-                    .iter()
-                    .find(|(s, ..)| s == service)
-                    .map_or((0.0, 0.0), |(_, s, c)| (*s, *c));
-                let n = (count - c0).max(0.0);
-                ClusterFlush {
-                    service: service.clone(),
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    flushes: n as u64,
-                    mean_us: if n > 0.0 { (sum - s0) / n * 1e6 } else { 0.0 },
-                }
-            })
-            .collect()
+pub(super) struct Totals {
+    service: String,
+    what: &'static str,
+    sum: f64,
+    count: f64,
+}
+
+impl Timings {
+    /// Each series' count and mean since `before`.
+    fn deltas<'a>(
+        &'a self,
+        before: &'a Timings,
+    ) -> impl Iterator<Item = (&'a Totals, u64, f64)> + 'a {
+        self.0.iter().map(|t| {
+            let (s0, c0) = before
+                .0
+                .iter()
+                .find(|b| b.service == t.service && b.what == t.what)
+                .map_or((0.0, 0.0), |b| (b.sum, b.count));
+            let n = (t.count - c0).max(0.0);
+            let mean_us = if n > 0.0 { (t.sum - s0) / n * 1e6 } else { 0.0 };
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            (t, n as u64, mean_us)
+        })
+    }
+
+    pub(super) fn since(&self, before: &Timings) -> (Vec<ClusterFlush>, Vec<CommitStage>) {
+        let mut flushes = Vec::new();
+        let mut stages = Vec::new();
+        for (t, n, mean_us) in self.deltas(before) {
+            if t.what == "flush" {
+                flushes.push(ClusterFlush {
+                    service: t.service.clone(),
+                    flushes: n,
+                    mean_us,
+                });
+            } else if n > 0 {
+                // Only a replica that led during the phase committed.
+                stages.push(CommitStage {
+                    stage: t.what.to_string(),
+                    batches: n,
+                    mean_us,
+                });
+            }
+        }
+        (flushes, stages)
     }
 }
 
 /// Reads the flush histograms of the catalog and every replica (a replica
-/// named with its role, `order-3 (leader)`).
-pub(super) async fn cluster_flushes(scratch: &Scratch) -> FlushTotals {
+/// named with its role, `order-3 (leader)`), and each replica's commit
+/// stages (only a leader's move).
+pub(super) async fn cluster_timings(scratch: &Scratch) -> Timings {
     let client = common::http::internal_client(METRICS_TIMEOUT, None);
     let mut totals = Vec::new();
     for s in scratch.cluster.services() {
@@ -152,13 +199,21 @@ pub(super) async fn cluster_flushes(scratch: &Scratch) -> FlushTotals {
             Err(_) => String::new(),
         };
         let value = |metric: &str| common::metrics::sample(&text, metric).unwrap_or(0.0);
-        totals.push((
-            name,
-            value("bazaar_sled_flush_seconds_sum"),
-            value("bazaar_sled_flush_seconds_count"),
-        ));
+        for what in std::iter::once("flush").chain(COMMIT_STAGES) {
+            let metric = if what == "flush" {
+                "bazaar_sled_flush_seconds".to_string()
+            } else {
+                format!("bazaar_order_commit_{what}_seconds")
+            };
+            totals.push(Totals {
+                service: name.clone(),
+                what,
+                sum: value(&format!("{metric}_sum")),
+                count: value(&format!("{metric}_count")),
+            });
+        }
     }
-    FlushTotals(totals)
+    Timings(totals)
 }
 
 fn p50_us(times: &mut [std::time::Duration]) -> f64 {
@@ -178,7 +233,7 @@ fn phase<'a>(phases: &'a [Phase], name: &str, connections_one: bool) -> Option<&
 /// Measures the floor on the disk of `dir` (the scratch cluster's).
 pub(super) async fn floor(
     dir: &Path,
-    in_cluster: Vec<ClusterFlush>,
+    (in_cluster, leader_commit): (Vec<ClusterFlush>, Vec<CommitStage>),
     phases: &[Phase],
 ) -> anyhow::Result<Floor> {
     let probe = dir.join("flush-floor");
@@ -204,6 +259,7 @@ pub(super) async fn floor(
         hops: HOPS,
         floor_us: catalog + replica + f64::from(HOPS) * round_trip,
         in_cluster,
+        leader_commit,
     })
 }
 
