@@ -14,9 +14,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use axum::http::{HeaderValue, Method, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The same name as a header name, built once: inserting or reading a
+/// header by a `&str` parses the name on every call.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 /// Longest id taken from a caller; longer ones are replaced.
 const MAX_ID_LEN: usize = 64;
 
@@ -32,7 +35,7 @@ impl RequestInfo {
     /// The caller's id in `headers` when it is acceptable, else a fresh one.
     pub fn of(method: &Method, uri: &Uri, headers: &axum::http::HeaderMap) -> RequestInfo {
         let id = headers
-            .get(REQUEST_ID_HEADER)
+            .get(&REQUEST_ID)
             .filter(|v| acceptable(v.as_bytes()))
             .cloned()
             .unwrap_or_else(fresh);

@@ -1,7 +1,8 @@
 //! The public REST API (docs/PROTOCOL.md) and the catalog's invalidation hook.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::ApiError;
@@ -41,10 +42,11 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
 async fn lookup(
     State(s): State<AppState>,
     PathParam(name): PathParam<String>,
-) -> Result<Json<Data<Stock>>, ApiError> {
+) -> Result<Response, ApiError> {
     common::types::validate_stock_name(&name).map_err(ApiError::bad_request)?;
-    if let Some(stock) = s.cache.get(&name) {
-        return Ok(Json(Data::new(stock)));
+    if let Some(cached) = s.cache.get(&name) {
+        let json = HeaderValue::from_static("application/json");
+        return Ok(([(header::CONTENT_TYPE, json)], cached.body.clone()).into_response());
     }
     let generation = s.cache.generation();
     let request = s
@@ -66,7 +68,7 @@ async fn lookup(
             CallError::BadBody(e) => ApiError::unavailable(format!("bad catalog answer: {e}")),
         })?;
     s.cache.insert_if_current(data.data.clone(), generation);
-    Ok(Json(data))
+    Ok(Json(data).into_response())
 }
 
 /// `{catalog}/stocks/{name}` with the name percent-encoded as one path

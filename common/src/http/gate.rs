@@ -29,7 +29,7 @@ use tower::Service;
 
 use super::{DRAIN_LIMIT_BYTES, Limits};
 use crate::error::ApiError;
-use crate::request_id::{REQUEST_ID_HEADER, RequestInfo};
+use crate::request_id::{REQUEST_ID, RequestInfo};
 
 /// The gate around `inner` (see the module's documentation).
 #[derive(Clone)]
@@ -115,7 +115,7 @@ where
         }
     };
     let mut response = crate::request_id::scope(Arc::new(info), served).await;
-    response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    response.headers_mut().insert(REQUEST_ID.clone(), id);
     response
 }
 
