@@ -35,6 +35,7 @@
 //! In memory per segment: its range and every 512th fingerprint, which
 //! names the one block of its file to read (16 bytes per 1,000 orders).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -95,6 +96,11 @@ pub struct Archive {
     /// The first number of the tail segment, when there is one.
     tail: Mutex<Option<u64>>,
     open: KeptOpen,
+    /// Segments (by first number) whose fingerprint file a lookup found
+    /// unreadable or damaged since open: each is logged once, not on every
+    /// lookup that reaches it (its segment is searched instead meanwhile,
+    /// and the next open rebuilds the file).
+    damaged: Mutex<BTreeSet<u64>>,
 }
 
 impl Archive {
@@ -115,6 +121,7 @@ impl Archive {
             segments: RwLock::new(Closed::new(Vec::new(), KeyFilter::new(0))),
             tail: Mutex::new(None),
             open: KeptOpen::new(kept::IDLE),
+            damaged: Mutex::default(),
         };
         let Some((mut found, tails)) = list(&archive.dir, |path| archive.not_a_segment(path))?
         else {
@@ -305,10 +312,13 @@ impl Archive {
             let held = match read_block(&self.dir, c.first, c.end, c.block, c.keys, c.fence) {
                 Some(block) => block.binary_search(&fp).is_ok(),
                 None => {
-                    tracing::warn!(
-                        segment = %name(c.first, c.end),
-                        "a block of the segment's fingerprint file cannot be read or is damaged; searching the segment"
-                    );
+                    if self.first_report_of_damage(c.first) {
+                        tracing::warn!(
+                            segment = %name(c.first, c.end),
+                            "a block of the segment's fingerprint file cannot be read or is damaged; \
+                             searching the segment instead until the next start rebuilds the file"
+                        );
+                    }
                     true
                 }
             };
@@ -321,6 +331,15 @@ impl Archive {
             }
         }
         Ok(None)
+    }
+
+    /// Whether the damage to the fingerprint file of the segment from
+    /// `first` is news (not reported since open).
+    fn first_report_of_damage(&self, first: u64) -> bool {
+        self.damaged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(first)
     }
 
     /// Adds the newest closed segment, whose sorted fingerprints are `fps`.
@@ -593,6 +612,9 @@ mod tests {
             let found = a.find(format!("k{n}").as_bytes()).unwrap();
             assert_eq!(found.unwrap().as_ref(), &encode_key(n), "k{n}");
         }
+        // Four lookups met the damage; it was news once.
+        assert!(!a.first_report_of_damage(0), "reported already");
+        assert!(a.first_report_of_damage(size), "another segment is news");
     }
 
     /// Two keys whose fingerprints agree in the 32 bits an earlier version
