@@ -4,7 +4,7 @@
 //! a `service` label.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -154,16 +154,11 @@ impl FlushMetrics {
         );
     }
 
-    /// Counts one flush that took `elapsed`.
-    pub fn record(&self, elapsed: Duration) {
-        self.flushes.inc();
-        self.seconds.observe(elapsed.as_secs_f64());
-    }
-
     /// Awaits `flush`, counting and timing it whatever its result.
     pub async fn time<F: Future>(&self, flush: F) -> F::Output {
+        let output = timed(&self.seconds, flush).await;
         self.flushes.inc();
-        timed(&self.seconds, flush).await
+        output
     }
 }
 
