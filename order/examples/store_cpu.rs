@@ -5,7 +5,8 @@
 //! plain sled trees and flushed (the engine alone, without our encoding,
 //! checksums and transaction): both trees, or with `--tree` only one of
 //! them. `--record-per-batch` writes the order tree as one record per batch
-//! (a log format this project does not have, measured before building it).
+//! (bare, without the log's encoding: what the log writes since it keeps
+//! one record per batch).
 //! `--ordered-keys` makes the keys rise with the order number instead of
 //! falling anywhere, as keys that start with a clock would.
 //!

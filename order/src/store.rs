@@ -1,5 +1,6 @@
-//! The order log of one replica: orders keyed by big-endian number (so
-//! `last()` and ranges are numeric), an index from idempotency key to order
+//! The order log of one replica: orders in one record per appended batch,
+//! keyed by the big-endian number of its last order (so `last()` and ranges
+//! are numeric; [`records`]), an index from idempotency key to order
 //! number, and the highest leader epoch seen. Appends are contiguous by
 //! construction (asserted), atomic across trees, and flushed before return.
 //!
@@ -29,6 +30,7 @@
 //! crate sees [`OrderLog`]'s typed methods and [`StoreError`].
 
 mod check;
+mod records;
 mod segments;
 
 use std::path::Path;
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::storage::archive::{Sizes, fingerprint};
-use common::storage::{Bounds, Database, Format, Scan, ScanState, StorageHealth, encode_key};
+use common::storage::{Bounds, Database, Format, Scan, ScanState, StorageHealth};
 use common::types::{OrderRecord, StorageState};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
@@ -44,6 +46,7 @@ use tokio::sync::Mutex;
 
 use crate::metrics::METRICS;
 use check::{Writers, verify, verify_tail};
+use records::{PER_RECORD, Records};
 use segments::Parts;
 
 pub use common::storage::{MAX_RANGE, StoreError};
@@ -110,7 +113,7 @@ impl OrderLog {
                 let tail = parts.tail();
                 verify_tail(
                     format,
-                    &tail.orders,
+                    &tail.records,
                     &tail.keys,
                     (tail.first, next),
                     bounds.tail,
@@ -240,11 +243,13 @@ impl OrderLog {
             }
         }
         self.parts.db.write(|| {
-            (&tail.orders, &tail.keys)
-                .transaction(|(orders, keys)| {
+            (&tail.records.batches, &tail.keys)
+                .transaction(|(batches, keys)| {
+                    for batch in fresh.chunks(PER_RECORD) {
+                        let (key, value) = Records::encode(format, batch);
+                        batches.insert(&key, value)?;
+                    }
                     for r in &fresh {
-                        let key = encode_key(r.number);
-                        orders.insert(&key, format.encode(&key, r))?;
                         let index = r.key.as_bytes();
                         keys.insert(index, format.encode_number(index, r.number))?;
                     }
@@ -340,15 +345,21 @@ fn verify_all(parts: &Parts, below: u64, writers: Writers) -> Result<(), StoreEr
         let tail = parts.tail();
         if !tail.root {
             done = parts.archive.start().unwrap_or(tail.first);
-            verify(format, &parts.orders, &parts.keys, (0, done), Writers::None)?;
+            verify(
+                format,
+                &parts.records,
+                &parts.keys,
+                (0, done),
+                Writers::None,
+            )?;
         }
     }
     loop {
         for (first, end) in parts.archive.segments() {
             if first >= done {
                 parts.archive.with_segment(first, |db| {
-                    let (orders, keys) = (db.open_tree("orders")?, db.open_tree("keys")?);
-                    verify(format, &orders, &keys, (first, end), Writers::None)
+                    let (records, keys) = (Records::of(db)?, db.open_tree("keys")?);
+                    verify(format, &records, &keys, (first, end), Writers::None)
                 })?;
                 done = end;
             }
@@ -357,7 +368,7 @@ fn verify_all(parts: &Parts, below: u64, writers: Writers) -> Result<(), StoreEr
         if tail.first <= done {
             return verify(
                 format,
-                &tail.orders,
+                &tail.records,
                 &tail.keys,
                 (tail.first, below),
                 writers,
@@ -367,12 +378,13 @@ fn verify_all(parts: &Parts, below: u64, writers: Writers) -> Result<(), StoreEr
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use common::storage;
+    use common::storage::{self, encode_key};
     use common::types::TradeKind;
 
-    fn rec(n: u64) -> OrderRecord {
+    /// Order `n`, created by key `k{n}`.
+    pub(super) fn rec(n: u64) -> OrderRecord {
         OrderRecord {
             number: n,
             name: "AAPL".into(),
@@ -426,10 +438,8 @@ mod tests {
         log.append(&[rec(0), rec(1)]).await.unwrap();
         // A write the engine took but could not make durable.
         let format = log.format();
-        log.parts
-            .orders
-            .insert(encode_key(2), format.encode(&encode_key(2), &rec(2)))
-            .unwrap();
+        let (key, value) = Records::encode(format, &[&rec(2)]);
+        log.parts.records.batches.insert(key, value).unwrap();
         log.parts
             .keys
             .insert(b"k2", format.encode_number(b"k2", 2))
@@ -457,14 +467,14 @@ mod tests {
     async fn damaged_logs_refuse_to_open() {
         type Damage = fn(&sled::Db);
         let cases: [(&str, Damage); 4] = [
-            ("fails its checksum", |db| {
-                let orders = db.open_tree("orders").unwrap();
+            ("key 1 fails its checksum", |db| {
+                let orders = db.open_tree("batches").unwrap();
                 let mut v = orders.get(encode_key(1)).unwrap().unwrap().to_vec();
                 v[0] ^= 1;
                 orders.insert(encode_key(1), v).unwrap();
             }),
             ("order 1 is missing", |db| {
-                db.open_tree("orders")
+                db.open_tree("batches")
                     .unwrap()
                     .remove(encode_key(1))
                     .unwrap();
@@ -482,8 +492,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("db");
             {
+                // One batch record per order, so that one can be damaged.
                 let log = OrderLog::open(&path).unwrap();
-                log.append(&[rec(0), rec(1), rec(2)]).await.unwrap();
+                for n in 0..3 {
+                    log.append(&[rec(n)]).await.unwrap();
+                }
             }
             {
                 let db = open_when_unlocked(&path);
@@ -508,13 +521,13 @@ mod tests {
         let path = dir.path().join("db");
         {
             let log = OrderLog::open(&path).unwrap();
-            log.append(&(0..6).map(rec).collect::<Vec<_>>())
-                .await
-                .unwrap();
+            for n in 0..6 {
+                log.append(&[rec(n)]).await.unwrap();
+            }
         }
         let flip = |number: u64| {
             let db = open_when_unlocked(&path);
-            let orders = db.open_tree("orders").unwrap();
+            let orders = db.open_tree("batches").unwrap();
             let mut v = orders.get(encode_key(number)).unwrap().unwrap().to_vec();
             v[0] ^= 1;
             orders.insert(encode_key(number), v).unwrap();
@@ -611,7 +624,15 @@ mod tests {
                 let batch: Vec<_> = (base..(base + 4).min(47)).map(rec).collect();
                 log.append(&batch).await.unwrap();
             }
-            assert_eq!(log.parts.orders.len(), 12, "the root holds 0..12");
+            assert_eq!(
+                log.parts
+                    .records
+                    .range(Format::Checksummed, 0, 100, 100)
+                    .unwrap(),
+                (0..12).map(rec).collect::<Vec<_>>(),
+                "the root holds 0..12"
+            );
+            assert_eq!(log.parts.records.batches.len(), 3, "in a record per batch");
             assert_eq!(
                 log.parts.archive.segments(),
                 vec![(12, 24), (24, 36), (36, 47)]
@@ -673,7 +694,7 @@ mod tests {
         {
             let seg = path.join("segments").join(format!("{:020}-{:020}", 12, 24));
             let db = open_when_unlocked(&seg);
-            let orders = db.open_tree("orders").unwrap();
+            let orders = db.open_tree("batches").unwrap();
             let mut v = orders.get(encode_key(15)).unwrap().unwrap().to_vec();
             v[0] ^= 1;
             orders.insert(encode_key(15), v).unwrap();
@@ -688,6 +709,62 @@ mod tests {
             err.to_string().contains("key 15 fails its checksum"),
             "{err}"
         );
+    }
+
+    /// A log written before batch records (one record per order, as an
+    /// earlier version wrote it) goes on in batches: its root holds both,
+    /// the segments after it batches alone, and reads, key lookups, the
+    /// start-up check and reopening see one log.
+    #[tokio::test]
+    async fn a_log_of_per_order_records_goes_on_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_in_segments_of_ten(&path));
+        {
+            let db = open_when_unlocked(&path);
+            let format = Format::Checksummed;
+            let (orders, keys) = (
+                db.open_tree("orders").unwrap(),
+                db.open_tree("keys").unwrap(),
+            );
+            for n in 0..15 {
+                let key = encode_key(n);
+                orders.insert(key, format.encode(&key, &rec(n))).unwrap();
+                let index = format!("k{n}");
+                keys.insert(&index, format.encode_number(index.as_bytes(), n))
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        {
+            let log = open_in_segments_of_ten(&path);
+            assert_eq!(log.next(), 15);
+            for base in (15..40).step_by(5) {
+                log.append(&(base..base + 5).map(rec).collect::<Vec<_>>())
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(log.parts.records.orders.len(), 15);
+            assert_eq!(
+                log.parts.records.batches.len(),
+                1,
+                "15..20 went to the root"
+            );
+            assert_eq!(log.parts.archive.segments(), vec![(20, 30), (30, 40)]);
+        }
+        let log = open_in_segments_of_ten(&path);
+        assert_eq!(
+            log.range(0, 1000).unwrap(),
+            (0..40).map(rec).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            log.range(13, 4).unwrap(),
+            (13..17).map(rec).collect::<Vec<_>>()
+        );
+        for n in 0..40 {
+            assert_eq!(log.get(n).unwrap(), Some(rec(n)));
+            assert_eq!(log.by_key(&format!("k{n}")).unwrap(), Some(n));
+        }
     }
 
     /// A log written before checksums (bare postcard values, no format
@@ -718,7 +795,13 @@ mod tests {
         assert_eq!(log.append(&[rec(2)]).await.unwrap(), 3);
         assert_eq!(log.range(0, 10).unwrap(), vec![rec(0), rec(1), rec(2)]);
         assert_eq!(
-            log.parts.orders.get(encode_key(0)).unwrap().unwrap().len(),
+            log.parts
+                .records
+                .orders
+                .get(encode_key(0))
+                .unwrap()
+                .unwrap()
+                .len(),
             { postcard::to_stdvec(&rec(0)).unwrap().len() }
         );
     }

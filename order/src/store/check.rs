@@ -3,8 +3,9 @@
 
 use std::hash::{Hash, Hasher};
 
-use common::storage::{self, Format, StoreError, encode_key};
-use common::types::OrderRecord;
+use common::storage::{Format, StoreError};
+
+use super::records::Records;
 
 /// Whether appends may run while a check reads the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,23 +29,22 @@ pub(super) fn corrupt(tree: &'static str, message: String) -> StoreError {
 /// (`Writers::Concurrent`) are checked against their order instead.
 pub(super) fn verify(
     format: Format,
-    orders: &sled::Tree,
+    records: &Records,
     keys: &sled::Tree,
     (first, below): (u64, u64),
     writers: Writers,
 ) -> Result<(), StoreError> {
     let mut from_orders = 0u64;
     let mut held = 0u64;
-    for (kv, expected) in orders.range(..encode_key(below)).zip(first..) {
-        let (k, v) = kv?;
-        let number = storage::decode_number("orders", &k)?;
+    for (r, expected) in records.iter(format, 0, below).zip(first..) {
+        let r = r?;
+        let number = r.number;
         if number != expected {
             return Err(corrupt(
                 "orders",
                 format!("order {expected} is missing (the next one held is {number})"),
             ));
         }
-        let r: OrderRecord = format.decode_numbered("orders", number, &v)?;
         from_orders = from_orders.wrapping_add(pair_hash(r.key.as_bytes(), number));
         held += 1;
     }
@@ -62,7 +62,7 @@ pub(super) fn verify(
         if number < below {
             from_keys = from_keys.wrapping_add(pair_hash(&k, number));
             count += 1;
-        } else if writers == Writers::None || !names_its_order(format, orders, &k, number)? {
+        } else if writers == Writers::None || !names_its_order(format, records, &k, number)? {
             return Err(corrupt(
                 "keys",
                 format!(
@@ -84,11 +84,11 @@ pub(super) fn verify(
 /// Whether order `number` is held and was created by idempotency key `key`.
 fn names_its_order(
     format: Format,
-    orders: &sled::Tree,
+    records: &Records,
     key: &[u8],
     number: u64,
 ) -> Result<bool, StoreError> {
-    let order: Option<OrderRecord> = format.get_numbered(orders, "orders", number)?;
+    let order = records.get(format, number)?;
     Ok(order.is_some_and(|r| r.key.as_bytes() == key))
 }
 
@@ -97,31 +97,38 @@ fn names_its_order(
 /// decode, run without a gap, and are named by their index entries.
 pub(super) fn verify_tail(
     format: Format,
-    orders: &sled::Tree,
+    records: &Records,
     keys: &sled::Tree,
     (first, next): (u64, u64),
     tail: u64,
 ) -> Result<(), StoreError> {
-    if let Some((k, _)) = orders.first()? {
-        let held = storage::decode_number("orders", &k)?;
-        if held != first {
+    if let Some(held) = records.first(format)?
+        && held != first
+    {
+        return Err(corrupt(
+            "orders",
+            format!("the log starts at order {held}, not {first}"),
+        ));
+    }
+    let from = next.saturating_sub(tail).max(first);
+    let mut expected = from..next;
+    for r in records.iter(format, from, next) {
+        let r = r?;
+        let want = expected.next();
+        if want != Some(r.number) {
+            let missing = want.unwrap_or(r.number);
+            return Err(corrupt("orders", format!("order {missing} is missing")));
+        }
+        let index = r.key.as_bytes();
+        if format.get_number(keys, "keys", index)? != Some(r.number) {
             return Err(corrupt(
-                "orders",
-                format!("the log starts at order {held}, not {first}"),
+                "keys",
+                format!("order {}'s key {:?} does not name it", r.number, r.key),
             ));
         }
     }
-    for number in next.saturating_sub(tail).max(first)..next {
-        let Some(r) = format.get_numbered::<OrderRecord>(orders, "orders", number)? else {
-            return Err(corrupt("orders", format!("order {number} is missing")));
-        };
-        let index = r.key.as_bytes();
-        if format.get_number(keys, "keys", index)? != Some(number) {
-            return Err(corrupt(
-                "keys",
-                format!("order {number}'s key {:?} does not name it", r.key),
-            ));
-        }
+    if let Some(missing) = expected.next() {
+        return Err(corrupt("orders", format!("order {missing} is missing")));
     }
     Ok(())
 }

@@ -10,15 +10,16 @@
 use std::sync::{Arc, RwLock};
 
 use common::storage::archive::{Archive, KeyFilter, fingerprint};
-use common::storage::{self, Database, Format, StoreError, decode_number};
+use common::storage::{Database, Format, StoreError};
 use common::types::OrderRecord;
 
 use super::check::corrupt;
+use super::records::Records;
 
 /// The database appends go to.
 pub(super) struct Tail {
     pub db: sled::Db,
-    pub orders: sled::Tree,
+    pub records: Records,
     pub keys: sled::Tree,
     /// The first order it holds (or will).
     pub first: u64,
@@ -41,12 +42,12 @@ impl Tail {
         segment: u64,
         root_keys: Option<Arc<KeyFilter>>,
     ) -> Result<Tail, StoreError> {
-        let orders = db.open_tree("orders")?;
+        let records = Records::of(&db)?;
         let keys = db.open_tree("keys")?;
-        let held = storage::next_number(&orders, "orders")?.saturating_sub(first);
+        let held = records.next()?.saturating_sub(first);
         Ok(Tail {
             filter: filter_of(&keys, held, segment)?,
-            orders,
+            records,
             keys,
             db,
             first,
@@ -76,7 +77,7 @@ fn filter_of(
 pub(super) struct Parts {
     /// The root database: the epoch, and the oldest orders.
     pub db: Database,
-    pub orders: sled::Tree,
+    pub records: Records,
     pub keys: sled::Tree,
     pub archive: Archive,
     tail: RwLock<Arc<Tail>>,
@@ -93,10 +94,10 @@ impl Parts {
         path: &std::path::Path,
         segment: u64,
     ) -> Result<(Parts, u64), StoreError> {
-        let orders = db.tree("orders")?;
+        let records = Records::of(db.engine())?;
         let keys = db.tree("keys")?;
         let archive = Archive::open(path, "orders", Some("keys"))?;
-        let root_next = storage::next_number(&orders, "orders")?;
+        let root_next = records.next()?;
         let tail = match (archive.start(), archive.tail()) {
             (None, None) => Tail::new(db.engine().clone(), 0, true, segment, None)?,
             (start, tail) => {
@@ -119,10 +120,10 @@ impl Parts {
                 Tail::new(engine, first, false, segment, root_keys)?
             }
         };
-        let next = storage::next_number(&tail.orders, "orders")?.max(tail.first);
+        let next = tail.records.next()?.max(tail.first);
         let parts = Parts {
             db,
-            orders,
+            records,
             keys,
             archive,
             tail: RwLock::new(Arc::new(tail)),
@@ -169,15 +170,33 @@ impl Parts {
     pub fn get(&self, format: Format, number: u64) -> Result<Option<OrderRecord>, StoreError> {
         let tail = self.tail();
         if number >= tail.first {
-            format.get_numbered(&tail.orders, "orders", number)
+            tail.records.get(format, number)
         } else if number < self.root_end(&tail) {
-            format.get_numbered(&self.orders, "orders", number)
+            self.records.get(format, number)
         } else {
-            let stored = self.archive.get(number)?;
-            stored
-                .map(|v| format.decode_numbered("orders", number, &v))
-                .transpose()
+            match self.segment_of(number) {
+                Some(first) => self.in_segment(first, |r| r.get(format, number)),
+                None => Ok(None),
+            }
         }
+    }
+
+    /// The first number of the closed segment that holds `number`.
+    fn segment_of(&self, number: u64) -> Option<u64> {
+        self.archive
+            .segments()
+            .into_iter()
+            .find(|&(first, end)| first <= number && number < end)
+            .map(|(first, _)| first)
+    }
+
+    /// Runs `f` on the records of the closed segment from `first`.
+    pub fn in_segment<T>(
+        &self,
+        first: u64,
+        f: impl FnOnce(&Records) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.archive.with_segment(first, |db| f(&Records::of(db)?))
     }
 
     /// The stored index entry of `key`: the tail's, the root's, or a
@@ -218,18 +237,20 @@ impl Parts {
         };
         if !tail.root {
             let root_end = self.root_end(&tail);
-            out = format.range(&self.orders, "orders", from, root_end.min(next), limit)?;
-            let start = from.max(root_end);
-            if left(&out) > 0 && start < tail.first {
-                let cap = usize::try_from(left(&out)).unwrap_or(usize::MAX);
-                for (k, v) in self.archive.range(start, tail.first.min(next), cap)? {
-                    let number = decode_number("orders", &k)?;
-                    out.push(format.decode_numbered("orders", number, &v)?);
+            out = self
+                .records
+                .range(format, from, root_end.min(next), limit)?;
+            for (first, end) in self.archive.segments() {
+                let (start, stop) = (from.max(first), end.min(tail.first).min(next));
+                if left(&out) == 0 || start >= stop {
+                    continue;
                 }
+                let more = self.in_segment(first, |r| r.range(format, start, stop, left(&out)))?;
+                out.extend(more);
             }
         }
         let start = from.max(tail.first);
-        out.extend(format.range(&tail.orders, "orders", start, next, left(&out))?);
+        out.extend(tail.records.range(format, start, next, left(&out))?);
         Ok(out)
     }
 }

@@ -1,0 +1,221 @@
+//! The orders of one database of the log (the root, the tail, a closed
+//! segment). An append writes one record per batch into the `batches` tree:
+//! the batch's orders (at most [`PER_RECORD`]), under the number of its
+//! last one, so that the tree's last key is the database's highest order
+//! and the record holding order `n` is the first at or after `n`. sled's
+//! work is per record, so this costs a replica a fraction of one record per
+//! order (docs/PERFORMANCE.md).
+//!
+//! Databases written before batches hold one record per order, under its
+//! number, in the `orders` tree. They are read as they are and never
+//! rewritten: a database may hold both, every per-order record below every
+//! batch (the log appends contiguously, and nothing writes `orders` any
+//! more).
+
+use common::storage::{self, Format, StoreError, decode_number, encode_key};
+use common::types::OrderRecord;
+
+/// Orders per batch record at most: an append of more (a catch-up page)
+/// writes several, so a read of one order decodes a bounded record.
+pub(super) const PER_RECORD: usize = 128;
+
+/// The tree of per-order records (databases written before batches).
+const ORDERS: &str = "orders";
+/// The tree of batch records.
+const BATCHES: &str = "batches";
+
+#[derive(Clone)]
+pub(super) struct Records {
+    /// One record per order, written before batches.
+    pub orders: sled::Tree,
+    /// One record per batch, under its last order's number.
+    pub batches: sled::Tree,
+}
+
+impl Records {
+    pub fn of(db: &sled::Db) -> Result<Records, StoreError> {
+        Ok(Records {
+            orders: db.open_tree(ORDERS)?,
+            batches: db.open_tree(BATCHES)?,
+        })
+    }
+
+    /// One more than the highest order held (0 when none).
+    pub fn next(&self) -> Result<u64, StoreError> {
+        if self.batches.is_empty() {
+            storage::next_number(&self.orders, ORDERS)
+        } else {
+            storage::next_number(&self.batches, BATCHES)
+        }
+    }
+
+    /// The lowest order held, if any.
+    pub fn first(&self, format: Format) -> Result<Option<u64>, StoreError> {
+        if let Some((k, _)) = self.orders.first()? {
+            return Ok(Some(decode_number(ORDERS, &k)?));
+        }
+        match self.batches.first()? {
+            Some((k, v)) => Ok(decode_batch(format, &k, &v)?.first().map(|r| r.number)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored bytes of `orders` (contiguous, at most [`PER_RECORD`]):
+    /// the key and value of their batch record.
+    pub fn encode(format: Format, orders: &[&OrderRecord]) -> ([u8; 8], Vec<u8>) {
+        let last = orders.last().map_or(0, |r| r.number);
+        let key = encode_key(last);
+        let value = format.encode(&key, &orders);
+        (key, value)
+    }
+
+    /// Order `number`, if held.
+    pub fn get(&self, format: Format, number: u64) -> Result<Option<OrderRecord>, StoreError> {
+        if let Some(kv) = self.batches.range(encode_key(number)..).next() {
+            let (k, v) = kv?;
+            let batch = decode_batch(format, &k, &v)?;
+            if let Some(r) = batch.into_iter().find(|r| r.number == number) {
+                return Ok(Some(r));
+            }
+        }
+        format.get_numbered(&self.orders, ORDERS, number)
+    }
+
+    /// Orders `from..below` in order of number, each decoded (and checked)
+    /// as the iteration reaches it.
+    pub fn iter(
+        &self,
+        format: Format,
+        from: u64,
+        below: u64,
+    ) -> impl Iterator<Item = Result<OrderRecord, StoreError>> + use<> {
+        let singles = self
+            .orders
+            .range(encode_key(from)..encode_key(below))
+            .map(move |kv| {
+                let (k, v) = kv?;
+                format.decode_numbered(ORDERS, decode_number(ORDERS, &k)?, &v)
+            });
+        // The batch records from the one holding `from`, up to the one
+        // holding `below - 1`: a record past it is never read.
+        let mut reached = false;
+        let batched = self
+            .batches
+            .range(encode_key(from)..)
+            .map_while(move |kv| {
+                if reached {
+                    return None;
+                }
+                let batch = kv.map_err(StoreError::from).and_then(|(k, v)| {
+                    reached = decode_number(BATCHES, &k)?.saturating_add(1) >= below;
+                    decode_batch(format, &k, &v)
+                });
+                Some(batch)
+            })
+            .flat_map(|batch| match batch {
+                Ok(orders) => orders.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+            .filter(move |r| r.as_ref().map_or(true, |r| r.number >= from));
+        singles
+            .chain(batched)
+            .take_while(move |r| r.as_ref().map_or(true, |r| r.number < below))
+    }
+
+    /// Orders `from..below`, at most `limit` (capped at
+    /// [`storage::MAX_RANGE`]).
+    pub fn range(
+        &self,
+        format: Format,
+        from: u64,
+        below: u64,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let limit = usize::try_from(limit.min(storage::MAX_RANGE)).unwrap_or(usize::MAX);
+        self.iter(format, from, below).take(limit).collect()
+    }
+}
+
+/// The orders of the batch record stored under `key`: it passes its
+/// checksum, and its orders run without a gap up to the key's number.
+fn decode_batch(format: Format, key: &[u8], stored: &[u8]) -> Result<Vec<OrderRecord>, StoreError> {
+    let last = decode_number(BATCHES, key)?;
+    let orders: Vec<OrderRecord> = format.decode(BATCHES, key, stored)?;
+    let contiguous = orders
+        .iter()
+        .rev()
+        .zip((0..=last).rev())
+        .all(|(r, n)| r.number == n);
+    if orders.is_empty() || !contiguous || orders.len() > PER_RECORD {
+        let numbers: Vec<u64> = orders.iter().map(|r| r.number).collect();
+        return Err(StoreError::Corrupt {
+            tree: BATCHES,
+            message: format!("key {last} holds orders {numbers:?}"),
+        });
+    }
+    Ok(orders)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::rec;
+
+    /// A database written before batches (orders 0..3 one by one) that
+    /// then took two batches (3..5, 5..8): reads see one sequence.
+    #[test]
+    fn per_order_records_and_batches_read_as_one_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = storage::open_db(dir.path(), "a test").unwrap();
+        let records = Records::of(&db).unwrap();
+        let format = Format::Checksummed;
+        assert_eq!(
+            (records.next().unwrap(), records.first(format).unwrap()),
+            (0, None)
+        );
+        for n in 0..3 {
+            let key = encode_key(n);
+            records
+                .orders
+                .insert(key, format.encode(&key, &rec(n)))
+                .unwrap();
+        }
+        for span in [3..5, 5..8] {
+            let batch: Vec<OrderRecord> = span.map(rec).collect();
+            let (k, v) = Records::encode(format, &batch.iter().collect::<Vec<_>>());
+            records.batches.insert(k, v).unwrap();
+        }
+        assert_eq!(records.next().unwrap(), 8);
+        assert_eq!(records.first(format).unwrap(), Some(0));
+        for n in 0..8 {
+            assert_eq!(records.get(format, n).unwrap(), Some(rec(n)));
+        }
+        assert_eq!(records.get(format, 8).unwrap(), None);
+        let all = |from, below, limit| records.range(format, from, below, limit).unwrap();
+        assert_eq!(all(0, 100, 100), (0..8).map(rec).collect::<Vec<_>>());
+        assert_eq!(all(4, 7, 100), (4..7).map(rec).collect::<Vec<_>>());
+        assert_eq!(all(1, 100, 4), (1..5).map(rec).collect::<Vec<_>>());
+        assert_eq!(all(6, 6, 100), vec![]);
+    }
+
+    /// A batch record that fails its checksum, or whose orders do not run
+    /// up to its key, is refused, never read as orders.
+    #[test]
+    fn damaged_batches_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = storage::open_db(dir.path(), "a test").unwrap();
+        let records = Records::of(&db).unwrap();
+        let format = Format::Checksummed;
+        let batch = [rec(0), rec(1), rec(2)];
+        let (k, mut v) = Records::encode(format, &batch.iter().collect::<Vec<_>>());
+        v[3] ^= 1;
+        records.batches.insert(k, v).unwrap();
+        let err = records.get(format, 1).unwrap_err().to_string();
+        assert!(err.contains("key 2 fails its checksum"), "{err}");
+        let gap = [rec(3), rec(5)];
+        let (k, v) = Records::encode(format, &gap.iter().collect::<Vec<_>>());
+        records.batches.insert(k, v).unwrap();
+        let err = records.get(format, 5).unwrap_err().to_string();
+        assert!(err.contains("key 5 holds orders [3, 5]"), "{err}");
+    }
+}
