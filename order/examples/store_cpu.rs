@@ -1,12 +1,12 @@
 //! What a replica's store costs in CPU per order, alone in a process:
-//! batches of `--depth` orders appended to a fresh log in `--dir` (one
-//! transaction over the order and key trees, then a flush, as a replica
-//! does for each batch), or with `--raw` the same records inserted into
-//! plain sled trees and flushed (the engine alone, without our encoding,
-//! checksums and transaction): both trees, or with `--tree` only one of
-//! them. `--record-per-batch` writes the order tree as one record per batch
-//! (bare, without the log's encoding: what the log writes since it keeps
-//! one record per batch).
+//! batches of `--depth` orders appended to a fresh log in `--dir` (its
+//! batch records, then a flush, as a replica does for each batch), or with
+//! `--raw` records inserted into plain sled trees and flushed (the engine
+//! alone, without our encoding and checksums): one record per order in an
+//! order tree and one in a key tree (the log's format before batch
+//! records), or with `--tree` only one of them. `--record-per-batch` writes
+//! the order tree as one record per batch (bare: what the log writes now,
+//! without its encoding).
 //! `--ordered-keys` makes the keys rise with the order number instead of
 //! falling anywhere, as keys that start with a clock would.
 //!

@@ -1,8 +1,10 @@
 //! The order log of one replica: orders in one record per appended batch,
 //! keyed by the big-endian number of its last order (so `last()` and ranges
-//! are numeric; [`records`]), an index from idempotency key to order
-//! number, and the highest leader epoch seen. Appends are contiguous by
-//! construction (asserted), atomic across trees, and flushed before return.
+//! are numeric; [`records`]), which carries the orders' idempotency keys
+//! (indexed in memory for the open databases, [`keymap`], and in a file for
+//! each closed segment), and the highest leader epoch seen. Appends are
+//! contiguous by construction (asserted), atomic, and flushed before
+//! return.
 //!
 //! Only what is durable is served: `next` (and the epoch) move after the
 //! flush, and every read stops below `next`. After a failed write or flush
@@ -13,11 +15,14 @@
 //!
 //! Every record carries a checksum (in databases of the checksummed
 //! format), and opening checks the whole log: every record, their
-//! contiguity, and the key index. [`OrderLog::open`] does it before it
-//! returns; [`OrderLog::open_serving`] too for a log of up to
-//! 100,000 orders, else the newest before and the rest in the background
-//! (`common::storage::scan`). A damaged log refuses to start (the replica
-//! names `--rebuild`) rather than run with holes.
+//! contiguity, and the key index tree of orders written before batch
+//! records. [`OrderLog::open`] does it before it returns;
+//! [`OrderLog::open_serving`] too for a log of up to 100,000 orders, else
+//! the newest before and the rest in the background
+//! (`common::storage::scan`). Either way the tail's and the root's batch
+//! records are read at open for their keys, so damage there is found
+//! before serving. A damaged log refuses to start (the replica names
+//! `--rebuild`) rather than run with holes.
 //!
 //! The live database holds the newest orders; older ones move into closed
 //! segments (`common::storage::archive`, [`segments`]) so that the
@@ -30,6 +35,7 @@
 //! crate sees [`OrderLog`]'s typed methods and [`StoreError`].
 
 mod check;
+mod keymap;
 mod records;
 mod segments;
 
@@ -40,8 +46,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::storage::archive::{Sizes, fingerprint};
 use common::storage::{Bounds, Database, Format, Scan, ScanState, StorageHealth};
 use common::types::{OrderRecord, StorageState};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 use tokio::sync::Mutex;
 
 use crate::metrics::METRICS;
@@ -184,7 +188,7 @@ impl OrderLog {
         let number = self
             .parts
             .db
-            .read(self.parts.by_key(self.format(), key.as_bytes()))?;
+            .read(self.parts.by_key(self.format(), key.as_bytes(), next))?;
         Ok(number.filter(|&n| n < next))
     }
 
@@ -236,27 +240,20 @@ impl OrderLog {
         }
         let format = self.format();
         let tail = self.parts.tail();
-        // Before the write: a lookup that finds a key must pass the filter.
-        if let Some(filter) = &tail.filter {
-            for r in &fresh {
-                filter.insert(fingerprint(r.key.as_bytes()));
-            }
-        }
         self.parts.db.write(|| {
-            (&tail.records.batches, &tail.keys)
-                .transaction(|(batches, keys)| {
-                    for batch in fresh.chunks(PER_RECORD) {
-                        let (key, value) = Records::encode(format, batch);
-                        batches.insert(&key, value)?;
-                    }
-                    for r in &fresh {
-                        let index = r.key.as_bytes();
-                        keys.insert(index, format.encode_number(index, r.number))?;
-                    }
-                    Ok::<(), ConflictableTransactionError<StoreError>>(())
-                })
-                .map_err(StoreError::from)
+            let mut batch = sled::Batch::default();
+            for orders in fresh.chunks(PER_RECORD) {
+                let (key, value) = Records::encode(format, orders);
+                batch.insert(&key, value);
+            }
+            Ok(tail.records.batches.apply_batch(batch)?)
         })?;
+        // Before `next` moves: a lookup that sees an order as durable finds
+        // its key.
+        let keys = fresh
+            .iter()
+            .map(|r| (fingerprint(r.key.as_bytes()), r.number));
+        tail.index.batches.insert(keys);
         self.flush_of(&tail.db).await?;
         self.next.store(new_next, Ordering::Release);
         METRICS
@@ -440,10 +437,8 @@ pub(super) mod tests {
         let format = log.format();
         let (key, value) = Records::encode(format, &[&rec(2)]);
         log.parts.records.batches.insert(key, value).unwrap();
-        log.parts
-            .keys
-            .insert(b"k2", format.encode_number(b"k2", 2))
-            .unwrap();
+        let tail = log.parts.tail();
+        tail.index.batches.insert([(fingerprint(b"k2"), 2)]);
         let failed = log
             .health()
             .fail("IO error: No space left on device (os error 28)");
@@ -461,45 +456,69 @@ pub(super) mod tests {
         assert!(cause.unwrap().contains("No space left"));
     }
 
+    /// Writes orders `numbers` as versions before batch records did: one
+    /// record per order, and a key index entry for each.
+    fn write_per_order(db: &sled::Db, numbers: std::ops::Range<u64>) {
+        let format = Format::Checksummed;
+        let (orders, keys) = (
+            db.open_tree("orders").unwrap(),
+            db.open_tree("keys").unwrap(),
+        );
+        for n in numbers {
+            let key = encode_key(n);
+            orders.insert(key, format.encode(&key, &rec(n))).unwrap();
+            let index = format!("k{n}");
+            keys.insert(&index, format.encode_number(index.as_bytes(), n))
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+
     /// Damage found by the start-up check: a value that fails its checksum,
-    /// a gap, and an index entry that is missing or names another order.
+    /// a gap, and (in a log written before batch records) an index entry
+    /// that is missing or names another order.
     #[tokio::test]
     async fn damaged_logs_refuse_to_open() {
         type Damage = fn(&sled::Db);
-        let cases: [(&str, Damage); 4] = [
-            ("key 1 fails its checksum", |db| {
-                let orders = db.open_tree("batches").unwrap();
-                let mut v = orders.get(encode_key(1)).unwrap().unwrap().to_vec();
-                v[0] ^= 1;
-                orders.insert(encode_key(1), v).unwrap();
-            }),
-            ("order 1 is missing", |db| {
+        fn flip(db: &sled::Db, tree: &str) {
+            let tree = db.open_tree(tree).unwrap();
+            let mut v = tree.get(encode_key(1)).unwrap().unwrap().to_vec();
+            v[0] ^= 1;
+            tree.insert(encode_key(1), v).unwrap();
+        }
+        let cases: [(&str, bool, Damage); 5] = [
+            ("key 1 fails its checksum", false, |db| flip(db, "batches")),
+            ("order 1 is missing", false, |db| {
                 db.open_tree("batches")
                     .unwrap()
                     .remove(encode_key(1))
                     .unwrap();
             }),
-            ("2 keys for 3 orders", |db| {
+            ("key 1 fails its checksum", true, |db| flip(db, "orders")),
+            ("2 keys for 3 orders", true, |db| {
                 db.open_tree("keys").unwrap().remove(b"k1").unwrap();
             }),
-            ("does not match", |db| {
+            ("does not match", true, |db| {
                 let keys = db.open_tree("keys").unwrap();
                 keys.insert(b"k1", Format::Checksummed.encode_number(b"k1", 2))
                     .unwrap();
             }),
         ];
-        for (expected, damage) in cases {
+        for (expected, per_order, damage) in cases {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("db");
             {
                 // One batch record per order, so that one can be damaged.
                 let log = OrderLog::open(&path).unwrap();
-                for n in 0..3 {
+                for n in (0..3).filter(|_| !per_order) {
                     log.append(&[rec(n)]).await.unwrap();
                 }
             }
             {
                 let db = open_when_unlocked(&path);
+                if per_order {
+                    write_per_order(&db, 0..3);
+                }
                 damage(&db);
                 db.flush().unwrap();
             }
@@ -511,52 +530,57 @@ pub(super) mod tests {
     }
 
     /// A long log is served once its newest orders are checked; damage
-    /// further back is found by the background check, which reports it
-    /// (the service then exits naming `--rebuild`). Damage in the newest
-    /// orders refuses to open.
+    /// further back (here in a closed segment) is found by the background
+    /// check, which reports it (the service then exits naming
+    /// `--rebuild`). Damage in the tail refuses to open: its batch records
+    /// are read at open for their keys.
     #[tokio::test]
     async fn a_long_log_is_checked_in_the_background() {
         let small = Bounds { eager: 3, tail: 2 };
+        let sizes = Sizes { segment: 2 };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
+        let open = |on_damage: OnDamage| {
+            OrderLog::open_with(&path, "order-1", Some(on_damage), small, sizes)
+        };
         {
-            let log = OrderLog::open(&path).unwrap();
-            for n in 0..6 {
+            let log = storage::open_when_unlocked(|| open(Box::new(|e| panic!("{e}")))).unwrap();
+            for n in 0..7 {
                 log.append(&[rec(n)]).await.unwrap();
             }
+            assert_eq!(log.parts.archive.segments(), vec![(2, 4), (4, 6)]);
+            assert_eq!(log.parts.tail().first, 6);
         }
-        let flip = |number: u64| {
-            let db = open_when_unlocked(&path);
+        let segments = path.join("segments");
+        let flip = |db: &Path, number: u64| {
+            let db = open_when_unlocked(db);
             let orders = db.open_tree("batches").unwrap();
             let mut v = orders.get(encode_key(number)).unwrap().unwrap().to_vec();
             v[0] ^= 1;
             orders.insert(encode_key(number), v).unwrap();
             db.flush().unwrap();
         };
-        flip(1);
+        let closed = segments.join(format!("{:020}-{:020}", 2, 4));
+        flip(&closed, 3);
         let (tx, rx) = std::sync::mpsc::channel();
         let log = storage::open_when_unlocked(|| {
             let tx = tx.clone();
-            let damage: OnDamage = Box::new(move |e| tx.send(e.to_string()).unwrap());
-            OrderLog::open_with(&path, "order-1", Some(damage), small, Sizes::SERVICE)
+            open(Box::new(move |e| tx.send(e.to_string()).unwrap()))
         })
         .unwrap();
         let found = rx.recv().unwrap();
-        assert!(found.contains("key 1 fails its checksum"), "{found}");
+        assert!(found.contains("key 3 fails its checksum"), "{found}");
         assert_eq!(log.scan(), ScanState::Damaged);
         assert_eq!(log.get(5).unwrap(), Some(rec(5)));
-        assert!(log.get(1).is_err(), "a damaged record is never served");
+        assert!(log.get(3).is_err(), "a damaged record is never served");
         drop(log);
-        flip(1);
-        flip(5);
-        let err = storage::open_when_unlocked(|| {
-            let damage: OnDamage = Box::new(|e| panic!("not reached: {e}"));
-            OrderLog::open_with(&path, "order-1", Some(damage), small, Sizes::SERVICE)
-        })
-        .err()
-        .unwrap();
+        flip(&closed, 3);
+        flip(&segments.join(format!("{:020}-tail", 6)), 6);
+        let err = storage::open_when_unlocked(|| open(Box::new(|e| panic!("not reached: {e}"))))
+            .err()
+            .unwrap();
         assert!(
-            err.to_string().contains("key 5 fails its checksum"),
+            err.to_string().contains("key 6 fails its checksum"),
             "{err}"
         );
     }
@@ -720,22 +744,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         drop(open_in_segments_of_ten(&path));
-        {
-            let db = open_when_unlocked(&path);
-            let format = Format::Checksummed;
-            let (orders, keys) = (
-                db.open_tree("orders").unwrap(),
-                db.open_tree("keys").unwrap(),
-            );
-            for n in 0..15 {
-                let key = encode_key(n);
-                orders.insert(key, format.encode(&key, &rec(n))).unwrap();
-                let index = format!("k{n}");
-                keys.insert(&index, format.encode_number(index.as_bytes(), n))
-                    .unwrap();
-            }
-            db.flush().unwrap();
-        }
+        write_per_order(&open_when_unlocked(&path), 0..15);
         {
             let log = open_in_segments_of_ten(&path);
             assert_eq!(log.next(), 15);

@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 
 use super::{StoreError, encode_key, open_db};
 
-/// Bytes written to each tree per flush: a stored order record with a
-/// front-end generated key is 49 bytes and its key entry 46 (34-byte key,
-/// 12-byte value), so this covers either, and a caller's key of some 80
-/// characters.
+/// Bytes written to each tree per flush: a replica's batch record of one
+/// order with a front-end generated key is about 50 bytes, the catalog's
+/// applied order about 49, so this covers either, and a caller's key of
+/// some 80 characters.
 pub const TRADE_RECORD_BYTES: usize = 96;
 
 /// Times `count` flushes, each after inserting one record of
-/// [`TRADE_RECORD_BYTES`] into each of `trees` trees (a replica writes two:
-/// the order and its key; the catalog three: the stock, the applied order,
-/// the sequence). Blocks; the database at `dir` is created for this and
+/// [`TRADE_RECORD_BYTES`] into each of `trees` trees (a replica writes one:
+/// the batch record, which carries the key; the catalog three: the stock,
+/// the applied order, the sequence). Blocks; the database at `dir` is created for this and
 /// removed by the caller.
 pub fn flush_times(dir: &Path, trees: usize, count: usize) -> Result<Vec<Duration>, StoreError> {
     let db = open_db(dir, "bazaar bench")?;

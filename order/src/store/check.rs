@@ -22,8 +22,9 @@ pub(super) fn corrupt(tree: &'static str, message: String) -> StoreError {
 
 /// Checks the orders `first..below` of one database (the live one or a
 /// closed segment): each decodes (and passes its checksum), numbers run
-/// from `first` without a gap, and the key index holds exactly one entry
-/// per order, naming it. The index is compared in one pass over each tree
+/// from `first` without a gap, and the key index tree holds exactly one
+/// entry per order written before batch records, naming it (batch records
+/// carry their keys). The index is compared in one pass over each tree
 /// (a count and a sum of hashes of every (key, number) pair), not one
 /// lookup per order. Index entries of orders appended since
 /// (`Writers::Concurrent`) are checked against their order instead.
@@ -34,8 +35,9 @@ pub(super) fn verify(
     (first, below): (u64, u64),
     writers: Writers,
 ) -> Result<(), StoreError> {
+    let indexed_below = records.batched_from(format)?;
     let mut from_orders = 0u64;
-    let mut held = 0u64;
+    let (mut held, mut indexed) = (0u64, 0u64);
     for (r, expected) in records.iter(format, 0, below).zip(first..) {
         let r = r?;
         let number = r.number;
@@ -45,7 +47,10 @@ pub(super) fn verify(
                 format!("order {expected} is missing (the next one held is {number})"),
             ));
         }
-        from_orders = from_orders.wrapping_add(pair_hash(r.key.as_bytes(), number));
+        if number < indexed_below {
+            from_orders = from_orders.wrapping_add(pair_hash(r.key.as_bytes(), number));
+            indexed += 1;
+        }
         held += 1;
     }
     if held != below.saturating_sub(first) {
@@ -72,10 +77,10 @@ pub(super) fn verify(
             ));
         }
     }
-    if count != held || from_keys != from_orders {
+    if count != indexed || from_keys != from_orders {
         return Err(corrupt(
             "keys",
-            format!("the key index does not match the orders ({count} keys for {held} orders)"),
+            format!("the key index does not match the orders ({count} keys for {indexed} orders)"),
         ));
     }
     Ok(())
@@ -94,7 +99,8 @@ fn names_its_order(
 
 /// The check before serving a long log: the live database's first order
 /// is `first`, and the newest `tail` orders (where a torn write would be)
-/// decode, run without a gap, and are named by their index entries.
+/// decode, run without a gap, and those written before batch records are
+/// named by their index entries.
 pub(super) fn verify_tail(
     format: Format,
     records: &Records,
@@ -110,6 +116,7 @@ pub(super) fn verify_tail(
             format!("the log starts at order {held}, not {first}"),
         ));
     }
+    let indexed_below = records.batched_from(format)?;
     let from = next.saturating_sub(tail).max(first);
     let mut expected = from..next;
     for r in records.iter(format, from, next) {
@@ -120,7 +127,7 @@ pub(super) fn verify_tail(
             return Err(corrupt("orders", format!("order {missing} is missing")));
         }
         let index = r.key.as_bytes();
-        if format.get_number(keys, "keys", index)? != Some(r.number) {
+        if r.number < indexed_below && format.get_number(keys, "keys", index)? != Some(r.number) {
             return Err(corrupt(
                 "keys",
                 format!("order {}'s key {:?} does not name it", r.number, r.key),

@@ -12,6 +12,7 @@
 //! batch (the log appends contiguously, and nothing writes `orders` any
 //! more).
 
+use common::storage::archive::{Entry, KeysOf, fingerprint};
 use common::storage::{self, Format, StoreError, decode_number, encode_key};
 use common::types::OrderRecord;
 
@@ -49,6 +50,11 @@ impl Records {
         }
     }
 
+    /// One more than the highest per-order record (0 when none).
+    pub fn per_order_next(&self) -> Result<u64, StoreError> {
+        storage::next_number(&self.orders, ORDERS)
+    }
+
     /// The lowest order held, if any.
     pub fn first(&self, format: Format) -> Result<Option<u64>, StoreError> {
         if let Some((k, _)) = self.orders.first()? {
@@ -58,6 +64,34 @@ impl Records {
             Some((k, v)) => Ok(decode_batch(format, &k, &v)?.first().map(|r| r.number)),
             None => Ok(None),
         }
+    }
+
+    /// The first order held in a batch record (`u64::MAX` when none): the
+    /// orders below it are per-order records, each with an entry in the
+    /// database's key index tree; the batches carry their keys themselves.
+    pub fn batched_from(&self, format: Format) -> Result<u64, StoreError> {
+        match self.batches.first()? {
+            Some((k, v)) => Ok(decode_batch(format, &k, &v)?
+                .first()
+                .map_or(u64::MAX, |r| r.number)),
+            None => Ok(u64::MAX),
+        }
+    }
+
+    /// The fingerprint of every batch record's key, with its order's
+    /// number.
+    pub fn batch_keys(&self, format: Format) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        for kv in &self.batches {
+            let (k, v) = kv?;
+            let batch = decode_batch(format, &k, &v)?;
+            entries.extend(
+                batch
+                    .iter()
+                    .map(|r| (fingerprint(r.key.as_bytes()), r.number)),
+            );
+        }
+        Ok(entries)
     }
 
     /// The stored bytes of `orders` (contiguous, at most [`PER_RECORD`]):
@@ -134,6 +168,20 @@ impl Records {
         let limit = usize::try_from(limit.min(storage::MAX_RANGE)).unwrap_or(usize::MAX);
         self.iter(format, from, below).take(limit).collect()
     }
+}
+
+/// How the archive lists a closed segment's index (`format` being the
+/// log's): the entries of its key index tree (orders written before batch
+/// records), and the keys its batch records carry.
+pub(super) fn segment_index(format: Format) -> KeysOf {
+    Box::new(move |db| {
+        let mut entries = Records::of(db)?.batch_keys(format)?;
+        for kv in &db.open_tree("keys")? {
+            let (k, v) = kv?;
+            entries.push((fingerprint(&k), format.decode_number("keys", &k, &v)?));
+        }
+        Ok(entries)
+    })
 }
 
 /// The orders of the batch record stored under `key`: it passes its

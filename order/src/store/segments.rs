@@ -14,51 +14,100 @@ use common::storage::{Database, Format, StoreError};
 use common::types::OrderRecord;
 
 use super::check::corrupt;
-use super::records::Records;
+use super::keymap::KeyMap;
+use super::records::{Records, segment_index};
 
 /// The database appends go to.
 pub(super) struct Tail {
     pub db: sled::Db,
     pub records: Records,
+    /// The key index tree of its orders written before batch records.
     pub keys: sled::Tree,
     /// The first order it holds (or will).
     pub first: u64,
     /// Whether it is the root database (a log with no segment yet).
     pub root: bool,
-    /// The fingerprints of its keys: an append adds its keys' before it
-    /// writes them, so a key that does not pass is not here and the lookup
-    /// skips the database. `None` for a root too large to read at open (one
-    /// written before segments): every lookup reads it.
-    pub filter: Option<Arc<KeyFilter>>,
-    /// The same for the root while it is not the tail.
-    root_keys: Option<Arc<KeyFilter>>,
+    pub index: Index,
+    /// The root's while it is not the tail.
+    root_index: Option<Index>,
+}
+
+/// How the keys of an open database are found.
+#[derive(Clone)]
+pub(super) struct Index {
+    /// The fingerprints of its key index tree's keys: a key that does not
+    /// pass is not in the tree, and the lookup skips it. `None` for a tree
+    /// too large to read at open (a root written before segments): every
+    /// lookup reads it.
+    filter: Option<Arc<KeyFilter>>,
+    /// The keys of its batch records; appends add theirs.
+    pub batches: Arc<KeyMap>,
+}
+
+impl Index {
+    /// The index of a database that holds `records` from `first` on, its
+    /// tree `keys`.
+    fn of(
+        records: &Records,
+        keys: &sled::Tree,
+        first: u64,
+        segment: u64,
+        format: Format,
+    ) -> Result<Index, StoreError> {
+        let held = records.per_order_next()?.saturating_sub(first);
+        Ok(Index {
+            filter: filter_of(keys, held, segment)?,
+            batches: Arc::new(KeyMap::of(records.batch_keys(format)?)),
+        })
+    }
+
+    /// The order `key` created, among the database's: the key index tree's
+    /// entry, or an order of its batch records that `names` (the log holds
+    /// it, durably, created by `key`).
+    fn find(
+        &self,
+        keys: &sled::Tree,
+        format: Format,
+        key: &[u8],
+        names: &impl Fn(u64) -> Result<bool, StoreError>,
+    ) -> Result<Option<u64>, StoreError> {
+        let fp = fingerprint(key);
+        for n in self.batches.numbers(fp) {
+            if names(n)? {
+                return Ok(Some(n));
+            }
+        }
+        if self.filter.as_ref().is_none_or(|f| f.may_hold(fp)) {
+            return format.get_number(keys, "keys", key);
+        }
+        Ok(None)
+    }
 }
 
 impl Tail {
     fn new(
         db: sled::Db,
-        first: u64,
-        root: bool,
+        (first, root): (u64, bool),
         segment: u64,
-        root_keys: Option<Arc<KeyFilter>>,
+        format: Format,
+        root_index: Option<Index>,
     ) -> Result<Tail, StoreError> {
         let records = Records::of(&db)?;
         let keys = db.open_tree("keys")?;
-        let held = records.next()?.saturating_sub(first);
         Ok(Tail {
-            filter: filter_of(&keys, held, segment)?,
+            index: Index::of(&records, &keys, first, segment, format)?,
             records,
             keys,
             db,
             first,
             root,
-            root_keys,
+            root_index,
         })
     }
 }
 
-/// A filter of the `held` keys of `keys`, sized for a segment's, or
-/// `None` when they are more than a few segments' worth.
+/// A filter of the `held` keys of `keys`, or `None` when they are more than
+/// a few segments' worth.
 fn filter_of(
     keys: &sled::Tree,
     held: u64,
@@ -67,7 +116,7 @@ fn filter_of(
     if held > segment.saturating_mul(4) {
         return Ok(None);
     }
-    let filter = KeyFilter::new(usize::try_from(segment.max(held)).unwrap_or(usize::MAX));
+    let filter = KeyFilter::new(usize::try_from(held).unwrap_or(usize::MAX));
     for key in keys.iter().keys() {
         filter.insert(fingerprint(&key?));
     }
@@ -94,12 +143,13 @@ impl Parts {
         path: &std::path::Path,
         segment: u64,
     ) -> Result<(Parts, u64), StoreError> {
+        let format = db.format();
         let records = Records::of(db.engine())?;
         let keys = db.tree("keys")?;
-        let archive = Archive::open(path, "orders", Some("keys"))?;
+        let archive = Archive::open(path, "orders", Some(segment_index(format)))?;
         let root_next = records.next()?;
         let tail = match (archive.start(), archive.tail()) {
-            (None, None) => Tail::new(db.engine().clone(), 0, true, segment, None)?,
+            (None, None) => Tail::new(db.engine().clone(), (0, true), segment, format, None)?,
             (start, tail) => {
                 let first_segment = start.or(tail).unwrap_or(root_next);
                 if first_segment != root_next {
@@ -116,8 +166,8 @@ impl Parts {
                     Some(first) => archive.open_tail(first)?,
                     None => db.write(|| archive.start_tail(first))?,
                 };
-                let root_keys = filter_of(&keys, root_next, segment)?;
-                Tail::new(engine, first, false, segment, root_keys)?
+                let root_index = Index::of(&records, &keys, 0, segment, format)?;
+                Tail::new(engine, (first, false), segment, format, Some(root_index))?
             }
         };
         let next = tail.records.next()?.max(tail.first);
@@ -145,10 +195,10 @@ impl Parts {
     /// starts a new one at `next`. Failures fail the store.
     pub fn roll(&self, next: u64) -> Result<(), StoreError> {
         let old = self.tail();
-        let root_keys = if old.root {
-            old.filter.clone()
+        let root_index = if old.root {
+            Some(old.index.clone())
         } else {
-            old.root_keys.clone()
+            old.root_index.clone()
         };
         let new = self.db.write(|| {
             if !old.root {
@@ -156,10 +206,10 @@ impl Parts {
             }
             Tail::new(
                 self.archive.start_tail(next)?,
-                next,
-                false,
+                (next, false),
                 self.segment,
-                root_keys,
+                self.db.format(),
+                root_index,
             )
         })?;
         *self.tail.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
@@ -199,27 +249,31 @@ impl Parts {
         self.archive.with_segment(first, |db| f(&Records::of(db)?))
     }
 
-    /// The stored index entry of `key`: the tail's, the root's, or a
-    /// closed segment's.
-    pub fn by_key(&self, format: Format, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    /// The order `key` created, if the log holds it below `next`: from the
+    /// tail's index, the root's, or a closed segment's. An order found by
+    /// its key's fingerprint is read to check its key.
+    pub fn by_key(&self, format: Format, key: &[u8], next: u64) -> Result<Option<u64>, StoreError> {
         let tail = self.tail();
-        let fp = fingerprint(key);
-        let may_hold = |f: &Option<Arc<KeyFilter>>| f.as_ref().is_none_or(|f| f.may_hold(fp));
-        if may_hold(&tail.filter)
-            && let Some(n) = format.get_number(&tail.keys, "keys", key)?
+        let names = |n: u64| -> Result<bool, StoreError> {
+            Ok(n < next
+                && self
+                    .get(format, n)?
+                    .is_some_and(|r| r.key.as_bytes() == key))
+        };
+        if let Some(n) = tail.index.find(&tail.keys, format, key, &names)? {
+            return Ok(Some(n));
+        }
+        if let Some(root) = &tail.root_index
+            && let Some(n) = root.find(&self.keys, format, key, &names)?
         {
             return Ok(Some(n));
         }
-        if !tail.root
-            && may_hold(&tail.root_keys)
-            && let Some(n) = format.get_number(&self.keys, "keys", key)?
-        {
-            return Ok(Some(n));
+        for n in self.archive.find(key)? {
+            if names(n)? {
+                return Ok(Some(n));
+            }
         }
-        self.archive
-            .find(key)?
-            .map(|v| format.decode_number("keys", key, &v))
-            .transpose()
+        Ok(None)
     }
 
     /// Orders `from..next`, at most `limit`, walking the parts in order.

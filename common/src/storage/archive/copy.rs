@@ -42,7 +42,7 @@ impl Archive {
         if copy.exists() {
             remove(&copy)?;
         }
-        let fingerprints = {
+        let index = {
             let db = open_segment(&copy)?;
             for (tree, entries) in trees {
                 let copied = copy_into(&db.open_tree(tree)?, entries)?;
@@ -54,11 +54,11 @@ impl Archive {
                 }
             }
             db.flush()?;
-            self.write_fingerprints_of(&db, first, end)?
+            self.write_entries_of(&db, first, end)?
         };
         std::fs::rename(&copy, &final_path).map_err(io)?;
         sync_dir(&self.dir)?;
-        self.push(first, end, &fingerprints)
+        self.push(first, end, &index)
     }
 }
 

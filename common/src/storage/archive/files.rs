@@ -25,15 +25,23 @@ pub fn fingerprint(key: &[u8]) -> Fingerprint {
 /// What [`fingerprint`] gives.
 pub type Fingerprint = u64;
 
-/// Fingerprints per block of a fingerprint file (4 KiB): a lookup reads
-/// one block, named by the fences kept in memory (`filter::Closed`).
-pub(super) const BLOCK: usize = 512;
+/// One entry of a segment's index: a key's fingerprint and the number of
+/// the record the key names.
+pub type Entry = (Fingerprint, u64);
 
-/// The name of a segment's fingerprint file. Files of the 32-bit
-/// fingerprints of earlier versions end in [`OLD_KEYS`]; they are never
-/// read, and are removed once their segment's file is written anew.
-const KEYS: &str = "fp64";
-pub(super) const OLD_KEYS: &str = "keys";
+/// Entries per block of a fingerprint file (4 KiB): a lookup reads one
+/// block, named by the fences kept in memory (`filter::Closed`).
+pub(super) const BLOCK: usize = 256;
+/// Bytes per entry: the fingerprint and the number, 8 little-endian bytes
+/// each.
+const ENTRY: usize = 16;
+
+/// The name of a segment's fingerprint file. Files of earlier versions end
+/// in one of [`OLD_KEYS`] (64-bit fingerprints without numbers, and 32-bit
+/// ones before them); they are never read, and are removed once their
+/// segment's file is written anew.
+const KEYS: &str = "fpn";
+pub(super) const OLD_KEYS: [&str; 2] = ["fp64", "keys"];
 
 pub(super) fn keys_file(dir: &Path, first: u64, end: u64) -> std::path::PathBuf {
     dir.join(format!("{}.{KEYS}", name(first, end)))
@@ -75,10 +83,11 @@ pub(super) fn list(
             remove(&path)?;
         } else if let Some(first) = name.strip_suffix("-tail") {
             tails.push(first.parse::<u64>().map_err(|_| not_a_segment(&path))?);
-        } else if !matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some(KEYS | OLD_KEYS)
-        ) {
+        } else if !path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == KEYS || OLD_KEYS.contains(&e))
+        {
             closed.push(parse_name(&name).ok_or_else(|| not_a_segment(&path))?);
         }
     }
@@ -90,15 +99,20 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((first.parse().ok()?, end.parse().ok()?))
 }
 
-/// The file: every fingerprint as 8 little-endian bytes, then the CRC-32
-/// of them. An earlier version's file of the same segment is removed.
+/// The file: every entry (sorted), its fingerprint and its number as 8
+/// little-endian bytes each, then the CRC-32 of them. An earlier version's
+/// file of the same segment is removed.
 pub(super) fn write_fingerprints(
     dir: &Path,
     first: u64,
     end: u64,
-    fps: &[Fingerprint],
+    entries: &[Entry],
 ) -> Result<(), StoreError> {
-    let mut bytes: Vec<u8> = fps.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let mut bytes: Vec<u8> = Vec::with_capacity(entries.len() * ENTRY + 4);
+    for (fp, number) in entries {
+        bytes.extend_from_slice(&fp.to_le_bytes());
+        bytes.extend_from_slice(&number.to_le_bytes());
+    }
     let sum = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&sum.to_le_bytes());
     let file = keys_file(dir, first, end);
@@ -110,42 +124,45 @@ pub(super) fn write_fingerprints(
     written
         .and_then(|()| std::fs::rename(&tmp, &file))
         .map_err(io)?;
-    let old = dir.join(format!("{}.{OLD_KEYS}", name(first, end)));
-    match std::fs::remove_file(old) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
-        _ => Ok(()),
+    for ext in OLD_KEYS {
+        match std::fs::remove_file(dir.join(format!("{}.{ext}", name(first, end)))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
-pub(super) fn parse_fingerprints(bytes: &[u8]) -> Option<Vec<Fingerprint>> {
+pub(super) fn parse_fingerprints(bytes: &[u8]) -> Option<Vec<Entry>> {
     let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if body.len() % 8 != 0 || crc32fast::hash(body).to_le_bytes() != sum {
+    if body.len() % ENTRY != 0 || crc32fast::hash(body).to_le_bytes() != sum {
         return None;
     }
-    let fps = decode(body);
-    fps.is_sorted().then_some(fps)
+    let entries = decode(body);
+    entries.is_sorted().then_some(entries)
 }
 
-/// Fingerprints as the file stores them: 8 little-endian bytes each.
-fn decode(bytes: &[u8]) -> Vec<Fingerprint> {
+/// Entries as the file stores them.
+fn decode(bytes: &[u8]) -> Vec<Entry> {
+    let word = |c: &[u8]| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
     bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .chunks_exact(ENTRY)
+        .map(|c| (word(&c[..8]), word(&c[8..])))
         .collect()
 }
 
-/// The fingerprints of a segment's file, checked against its CRC; `None`
-/// when it is missing, damaged or not sorted.
-pub(super) fn read_fingerprints(dir: &Path, first: u64, end: u64) -> Option<Vec<Fingerprint>> {
+/// The entries of a segment's file, checked against its CRC; `None` when
+/// it is missing, damaged or not sorted.
+pub(super) fn read_fingerprints(dir: &Path, first: u64, end: u64) -> Option<Vec<Entry>> {
     std::fs::read(keys_file(dir, first, end))
         .ok()
         .and_then(|b| parse_fingerprints(&b))
 }
 
 /// Block `block` of a segment's fingerprint file, which holds `keys`
-/// fingerprints: read on its own, so it is checked against what is known
-/// of it — it starts with `fence` and is sorted — instead of the file's
-/// CRC. `None` when it cannot be read or fails that check.
+/// entries: read on its own, so it is checked against what is known of it
+/// — its first fingerprint is `fence` and it is sorted — instead of the
+/// file's CRC. `None` when it cannot be read or fails that check.
 pub(super) fn read_block(
     dir: &Path,
     first: u64,
@@ -153,17 +170,17 @@ pub(super) fn read_block(
     block: usize,
     keys: usize,
     fence: Fingerprint,
-) -> Option<Vec<Fingerprint>> {
+) -> Option<Vec<Entry>> {
     use std::os::unix::fs::FileExt;
     let start = block.checked_mul(BLOCK)?;
     let len = keys.checked_sub(start)?.min(BLOCK);
-    let offset = u64::try_from(start.checked_mul(8)?).ok()?;
-    let mut bytes = vec![0u8; len.checked_mul(8)?];
+    let offset = u64::try_from(start.checked_mul(ENTRY)?).ok()?;
+    let mut bytes = vec![0u8; len.checked_mul(ENTRY)?];
     std::fs::File::open(keys_file(dir, first, end))
         .and_then(|f| f.read_exact_at(&mut bytes, offset))
         .ok()?;
-    let fps = decode(&bytes);
-    (fps.first() == Some(&fence) && fps.is_sorted()).then_some(fps)
+    let entries = decode(&bytes);
+    (entries.first().map(|e| e.0) == Some(fence) && entries.is_sorted()).then_some(entries)
 }
 
 /// Opens a tail segment as the store's own database is opened.

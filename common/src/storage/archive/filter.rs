@@ -11,17 +11,18 @@
 //! bytes per order, about one lookup in 240 passes in a simulation (one in
 //! 16 with one bit per key, before) — and is rebuilt twice as large, from the segments'
 //! files, when it fills. The order log keeps the same kind of filter
-//! ([`KeyFilter`]) for the keys of its open databases.
+//! ([`KeyFilter`]) for the key index trees of its open databases (written
+//! before batch records).
 //!
-//! What stays in memory per segment is its fences: every 512th of
-//! its sorted fingerprints (8 bytes per 512 orders), which name the one
-//! block of its file (4 KiB) a lookup reads.
+//! What stays in memory per segment is its fences: the fingerprint of
+//! every 256th of its sorted index entries (8 bytes per 256 orders), which
+//! name the one block of its file (4 KiB) a lookup reads.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Segment;
-use super::files::Fingerprint;
+use super::files::{Entry, Fingerprint};
 
 /// Bits per fingerprint the array is sized for.
 const BITS_PER_KEY: usize = 16;
@@ -77,11 +78,11 @@ impl Closed {
         self.filter = filter;
     }
 
-    /// Adds the newest segment, whose sorted fingerprints are `fps`; its
-    /// keys pass the filter from now on.
-    pub(super) fn push(&mut self, first: u64, end: u64, fps: &[Fingerprint]) {
-        fps.iter().for_each(|&fp| self.filter.insert(fp));
-        self.list.push(Segment::new(first, end, fps));
+    /// Adds the newest segment, whose sorted index entries are `entries`;
+    /// its keys pass the filter from now on.
+    pub(super) fn push(&mut self, first: u64, end: u64, entries: &[Entry]) {
+        entries.iter().for_each(|e| self.filter.insert(e.0));
+        self.list.push(Segment::new(first, end, entries));
     }
 
     /// The segments whose fingerprints may hold `fp`, newest first, with
@@ -208,7 +209,8 @@ mod tests {
     fn the_fences_name_the_block() {
         let fps: Vec<Fingerprint> = (0..(2 * BLOCK as u64 + 5)).map(|i| 10 + 2 * i).collect();
         let mut closed = Closed::new(Vec::new(), KeyFilter::new(fps.len()));
-        closed.push(0, 3000, &fps);
+        let entries: Vec<_> = fps.iter().map(|&fp| (fp, 0)).collect();
+        closed.push(0, 3000, &entries);
         assert!(closed.candidates(4).is_empty(), "the filter rules it out");
         let at = |fp: Fingerprint| closed.candidates(fp).first().map(|c| (c.block, c.fence));
         assert_eq!(at(10), Some((0, 10)));
