@@ -776,6 +776,39 @@ pub(super) mod tests {
         }
     }
 
+    /// A closed segment an earlier version wrote (one record per order, a
+    /// key index tree, and a file of fingerprints without numbers): its
+    /// file is rebuilt at open from the segment's index tree, the earlier
+    /// file removed, and its orders are read and found by key.
+    #[tokio::test]
+    async fn a_closed_segment_of_an_earlier_version_is_indexed_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_in_segments_of_ten(&path));
+        write_per_order(&open_when_unlocked(&path), 0..5);
+        let segments = path.join("segments");
+        let name = format!("{:020}-{:020}", 5, 15);
+        std::fs::create_dir_all(&segments).unwrap();
+        write_per_order(&open_when_unlocked(&segments.join(&name)), 5..15);
+        let earlier = segments.join(format!("{name}.fp64"));
+        std::fs::write(&earlier, b"64-bit fingerprints, no numbers").unwrap();
+        let log = open_in_segments_of_ten(&path);
+        assert!(!earlier.exists(), "the earlier file is removed");
+        assert!(segments.join(format!("{name}.fpn")).exists());
+        assert_eq!((log.next(), log.parts.tail().first), (15, 15));
+        log.append(&(15..20).map(rec).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(
+            log.range(0, 1000).unwrap(),
+            (0..20).map(rec).collect::<Vec<_>>()
+        );
+        for n in 0..20 {
+            assert_eq!(log.by_key(&format!("k{n}")).unwrap(), Some(n), "k{n}");
+        }
+        assert_eq!(log.by_key("k20").unwrap(), None);
+    }
+
     /// A log written before checksums (bare postcard values, no format
     /// marker) opens, reads and appends as before, without being rewritten.
     #[tokio::test]
