@@ -50,7 +50,7 @@ use tokio::sync::Mutex;
 
 use crate::metrics::METRICS;
 use check::{Writers, verify, verify_tail};
-use records::{PER_RECORD, Records};
+use records::{PER_RECORD, Records, existing};
 use segments::Parts;
 
 pub use common::storage::{MAX_RANGE, StoreError};
@@ -118,7 +118,7 @@ impl OrderLog {
                 verify_tail(
                     format,
                     &tail.records,
-                    &tail.keys,
+                    tail.keys.as_ref(),
                     (tail.first, next),
                     bounds.tail,
                 )?;
@@ -246,7 +246,7 @@ impl OrderLog {
                 let (key, value) = Records::encode(format, orders);
                 batch.insert(&key, value);
             }
-            Ok(tail.records.batches.apply_batch(batch)?)
+            Ok(tail.batches.apply_batch(batch)?)
         })?;
         // Before `next` moves: a lookup that sees an order as durable finds
         // its key.
@@ -345,7 +345,7 @@ fn verify_all(parts: &Parts, below: u64, writers: Writers) -> Result<(), StoreEr
             verify(
                 format,
                 &parts.records,
-                &parts.keys,
+                parts.keys.as_ref(),
                 (0, done),
                 Writers::None,
             )?;
@@ -355,8 +355,8 @@ fn verify_all(parts: &Parts, below: u64, writers: Writers) -> Result<(), StoreEr
         for (first, end) in parts.archive.segments() {
             if first >= done {
                 parts.archive.with_segment(first, |db| {
-                    let (records, keys) = (Records::of(db)?, db.open_tree("keys")?);
-                    verify(format, &records, &keys, (first, end), Writers::None)
+                    let (records, keys) = (Records::of(db)?, existing(db, "keys")?);
+                    verify(format, &records, keys.as_ref(), (first, end), Writers::None)
                 })?;
                 done = end;
             }
@@ -366,7 +366,7 @@ fn verify_all(parts: &Parts, below: u64, writers: Writers) -> Result<(), StoreEr
             return verify(
                 format,
                 &tail.records,
-                &tail.keys,
+                tail.keys.as_ref(),
                 (tail.first, below),
                 writers,
             );
@@ -436,8 +436,8 @@ pub(super) mod tests {
         // A write the engine took but could not make durable.
         let format = log.format();
         let (key, value) = Records::encode(format, &[&rec(2)]);
-        log.parts.records.batches.insert(key, value).unwrap();
         let tail = log.parts.tail();
+        tail.batches.insert(key, value).unwrap();
         tail.index.batches.insert([(fingerprint(b"k2"), 2)]);
         let failed = log
             .health()
@@ -656,7 +656,11 @@ pub(super) mod tests {
                 (0..12).map(rec).collect::<Vec<_>>(),
                 "the root holds 0..12"
             );
-            assert_eq!(log.parts.records.batches.len(), 3, "in a record per batch");
+            assert_eq!(
+                log.parts.records.batches.as_ref().unwrap().len(),
+                3,
+                "in a record per batch"
+            );
             assert_eq!(
                 log.parts.archive.segments(),
                 vec![(12, 24), (24, 36), (36, 47)]
@@ -671,6 +675,20 @@ pub(super) mod tests {
                 assert_eq!(log.by_key(&format!("k{n}")).unwrap(), Some(n));
             }
             assert_eq!(log.by_key("k47").unwrap(), None);
+            // Read and searched, and never written: no tree of per-order
+            // records or keys was made in a closed segment (seen through
+            // the handle the read just used, kept open).
+            assert_eq!(log.by_key("k15").unwrap(), Some(15));
+            let names = log
+                .parts
+                .archive
+                .with_segment(12, |db| Ok(db.tree_names()))
+                .unwrap();
+            let names: Vec<_> = names.iter().map(|n| String::from_utf8_lossy(n)).collect();
+            assert!(
+                names.iter().all(|n| n != "orders" && n != "keys"),
+                "{names:?}"
+            );
             assert_eq!(
                 log.range(0, 1000).unwrap(),
                 (0..47).map(rec).collect::<Vec<_>>()
@@ -753,9 +771,9 @@ pub(super) mod tests {
                     .await
                     .unwrap();
             }
-            assert_eq!(log.parts.records.orders.len(), 15);
+            assert_eq!(log.parts.records.orders.as_ref().unwrap().len(), 15);
             assert_eq!(
-                log.parts.records.batches.len(),
+                log.parts.records.batches.as_ref().unwrap().len(),
                 1,
                 "15..20 went to the root"
             );
@@ -840,6 +858,8 @@ pub(super) mod tests {
             log.parts
                 .records
                 .orders
+                .as_ref()
+                .unwrap()
                 .get(encode_key(0))
                 .unwrap()
                 .unwrap()

@@ -31,7 +31,7 @@ pub(super) fn corrupt(tree: &'static str, message: String) -> StoreError {
 pub(super) fn verify(
     format: Format,
     records: &Records,
-    keys: &sled::Tree,
+    keys: Option<&sled::Tree>,
     (first, below): (u64, u64),
     writers: Writers,
 ) -> Result<(), StoreError> {
@@ -61,7 +61,7 @@ pub(super) fn verify(
     }
     let mut count = 0u64;
     let mut from_keys = 0u64;
-    for kv in keys.iter() {
+    for kv in keys.into_iter().flat_map(sled::Tree::iter) {
         let (k, v) = kv?;
         let number = format.decode_number("keys", &k, &v)?;
         if number < below {
@@ -104,7 +104,7 @@ fn names_its_order(
 pub(super) fn verify_tail(
     format: Format,
     records: &Records,
-    keys: &sled::Tree,
+    keys: Option<&sled::Tree>,
     (first, next): (u64, u64),
     tail: u64,
 ) -> Result<(), StoreError> {
@@ -127,7 +127,11 @@ pub(super) fn verify_tail(
             return Err(corrupt("orders", format!("order {missing} is missing")));
         }
         let index = r.key.as_bytes();
-        if r.number < indexed_below && format.get_number(keys, "keys", index)? != Some(r.number) {
+        let named = match keys {
+            Some(keys) => format.get_number(keys, "keys", index)?,
+            None => None,
+        };
+        if r.number < indexed_below && named != Some(r.number) {
             return Err(corrupt(
                 "keys",
                 format!("order {}'s key {:?} does not name it", r.number, r.key),

@@ -23,66 +23,99 @@ pub(super) const PER_RECORD: usize = 128;
 /// The tree of per-order records (databases written before batches).
 const ORDERS: &str = "orders";
 /// The tree of batch records.
-const BATCHES: &str = "batches";
+pub(super) const BATCHES: &str = "batches";
 
+/// A database's records. A tree it does not have is `None`, not opened:
+/// opening a missing tree makes it, and a closed segment is never written.
 #[derive(Clone)]
 pub(super) struct Records {
     /// One record per order, written before batches.
-    pub orders: sled::Tree,
+    pub orders: Option<sled::Tree>,
     /// One record per batch, under its last order's number.
-    pub batches: sled::Tree,
+    pub batches: Option<sled::Tree>,
+}
+
+/// The tree `name` of `db`, if it has one (see [`Records`]).
+pub(super) fn existing(db: &sled::Db, name: &str) -> Result<Option<sled::Tree>, StoreError> {
+    if db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == name.as_bytes())
+    {
+        Ok(Some(db.open_tree(name)?))
+    } else {
+        Ok(None)
+    }
 }
 
 impl Records {
     pub fn of(db: &sled::Db) -> Result<Records, StoreError> {
         Ok(Records {
-            orders: db.open_tree(ORDERS)?,
-            batches: db.open_tree(BATCHES)?,
+            orders: existing(db, ORDERS)?,
+            batches: existing(db, BATCHES)?,
         })
     }
 
     /// One more than the highest order held (0 when none).
     pub fn next(&self) -> Result<u64, StoreError> {
-        if self.batches.is_empty() {
-            storage::next_number(&self.orders, ORDERS)
-        } else {
-            storage::next_number(&self.batches, BATCHES)
+        match &self.batches {
+            Some(batches) if !batches.is_empty() => storage::next_number(batches, BATCHES),
+            _ => self.per_order_next(),
         }
     }
 
     /// One more than the highest per-order record (0 when none).
     pub fn per_order_next(&self) -> Result<u64, StoreError> {
-        storage::next_number(&self.orders, ORDERS)
+        self.orders
+            .as_ref()
+            .map_or(Ok(0), |orders| storage::next_number(orders, ORDERS))
+    }
+
+    /// The first batch record, decoded.
+    fn first_batch(&self, format: Format) -> Result<Option<Vec<OrderRecord>>, StoreError> {
+        match self
+            .batches
+            .as_ref()
+            .map(sled::Tree::first)
+            .transpose()?
+            .flatten()
+        {
+            Some((k, v)) => Ok(Some(decode_batch(format, &k, &v)?)),
+            None => Ok(None),
+        }
     }
 
     /// The lowest order held, if any.
     pub fn first(&self, format: Format) -> Result<Option<u64>, StoreError> {
-        if let Some((k, _)) = self.orders.first()? {
+        if let Some((k, _)) = self
+            .orders
+            .as_ref()
+            .map(sled::Tree::first)
+            .transpose()?
+            .flatten()
+        {
             return Ok(Some(decode_number(ORDERS, &k)?));
         }
-        match self.batches.first()? {
-            Some((k, v)) => Ok(decode_batch(format, &k, &v)?.first().map(|r| r.number)),
-            None => Ok(None),
-        }
+        Ok(self
+            .first_batch(format)?
+            .and_then(|b| b.first().map(|r| r.number)))
     }
 
     /// The first order held in a batch record (`u64::MAX` when none): the
     /// orders below it are per-order records, each with an entry in the
     /// database's key index tree; the batches carry their keys themselves.
     pub fn batched_from(&self, format: Format) -> Result<u64, StoreError> {
-        match self.batches.first()? {
-            Some((k, v)) => Ok(decode_batch(format, &k, &v)?
-                .first()
-                .map_or(u64::MAX, |r| r.number)),
-            None => Ok(u64::MAX),
-        }
+        Ok(self
+            .first_batch(format)?
+            .and_then(|b| b.first().map(|r| r.number))
+            .unwrap_or(u64::MAX))
     }
 
     /// The fingerprint of every batch record's key, with its order's
     /// number.
     pub fn batch_keys(&self, format: Format) -> Result<Vec<Entry>, StoreError> {
         let mut entries = Vec::new();
-        for kv in &self.batches {
+        for kv in self.batches.iter().flat_map(sled::Tree::iter) {
             let (k, v) = kv?;
             let batch = decode_batch(format, &k, &v)?;
             entries.extend(
@@ -105,14 +138,19 @@ impl Records {
 
     /// Order `number`, if held.
     pub fn get(&self, format: Format, number: u64) -> Result<Option<OrderRecord>, StoreError> {
-        if let Some(kv) = self.batches.range(encode_key(number)..).next() {
+        if let Some(batches) = &self.batches
+            && let Some(kv) = batches.range(encode_key(number)..).next()
+        {
             let (k, v) = kv?;
             let batch = decode_batch(format, &k, &v)?;
             if let Some(r) = batch.into_iter().find(|r| r.number == number) {
                 return Ok(Some(r));
             }
         }
-        format.get_numbered(&self.orders, ORDERS, number)
+        match &self.orders {
+            Some(orders) => format.get_numbered(orders, ORDERS, number),
+            None => Ok(None),
+        }
     }
 
     /// Orders `from..below` in order of number, each decoded (and checked)
@@ -125,7 +163,9 @@ impl Records {
     ) -> impl Iterator<Item = Result<OrderRecord, StoreError>> + use<> {
         let singles = self
             .orders
-            .range(encode_key(from)..encode_key(below))
+            .clone()
+            .into_iter()
+            .flat_map(move |orders| orders.range(encode_key(from)..encode_key(below)))
             .map(move |kv| {
                 let (k, v) = kv?;
                 format.decode_numbered(ORDERS, decode_number(ORDERS, &k)?, &v)
@@ -135,7 +175,9 @@ impl Records {
         let mut reached = false;
         let batched = self
             .batches
-            .range(encode_key(from)..)
+            .clone()
+            .into_iter()
+            .flat_map(move |batches| batches.range(encode_key(from)..))
             .map_while(move |kv| {
                 if reached {
                     return None;
@@ -176,7 +218,7 @@ impl Records {
 pub(super) fn segment_index(format: Format) -> KeysOf {
     Box::new(move |db| {
         let mut entries = Records::of(db)?.batch_keys(format)?;
-        for kv in &db.open_tree("keys")? {
+        for kv in existing(db, "keys")?.iter().flat_map(sled::Tree::iter) {
             let (k, v) = kv?;
             entries.push((fingerprint(&k), format.decode_number("keys", &k, &v)?));
         }
@@ -215,23 +257,32 @@ mod tests {
     fn per_order_records_and_batches_read_as_one_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let db = storage::open_db(dir.path(), "a test").unwrap();
-        let records = Records::of(&db).unwrap();
         let format = Format::Checksummed;
+        let none = Records::of(&db).unwrap();
+        assert!(none.orders.is_none() && none.batches.is_none());
         assert_eq!(
-            (records.next().unwrap(), records.first(format).unwrap()),
+            (none.next().unwrap(), none.first(format).unwrap()),
             (0, None)
         );
+        assert!(
+            db.tree_names()
+                .iter()
+                .all(|n| n.as_ref() != BATCHES.as_bytes()),
+            "nothing made"
+        );
+        let (orders, batches) = (
+            db.open_tree(ORDERS).unwrap(),
+            db.open_tree(BATCHES).unwrap(),
+        );
+        let records = Records::of(&db).unwrap();
         for n in 0..3 {
             let key = encode_key(n);
-            records
-                .orders
-                .insert(key, format.encode(&key, &rec(n)))
-                .unwrap();
+            orders.insert(key, format.encode(&key, &rec(n))).unwrap();
         }
         for span in [3..5, 5..8] {
             let batch: Vec<OrderRecord> = span.map(rec).collect();
             let (k, v) = Records::encode(format, &batch.iter().collect::<Vec<_>>());
-            records.batches.insert(k, v).unwrap();
+            batches.insert(k, v).unwrap();
         }
         assert_eq!(records.next().unwrap(), 8);
         assert_eq!(records.first(format).unwrap(), Some(0));
@@ -252,17 +303,18 @@ mod tests {
     fn damaged_batches_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let db = storage::open_db(dir.path(), "a test").unwrap();
+        let batches = db.open_tree(BATCHES).unwrap();
         let records = Records::of(&db).unwrap();
         let format = Format::Checksummed;
         let batch = [rec(0), rec(1), rec(2)];
         let (k, mut v) = Records::encode(format, &batch.iter().collect::<Vec<_>>());
         v[3] ^= 1;
-        records.batches.insert(k, v).unwrap();
+        batches.insert(k, v).unwrap();
         let err = records.get(format, 1).unwrap_err().to_string();
         assert!(err.contains("key 2 fails its checksum"), "{err}");
         let gap = [rec(3), rec(5)];
         let (k, v) = Records::encode(format, &gap.iter().collect::<Vec<_>>());
-        records.batches.insert(k, v).unwrap();
+        batches.insert(k, v).unwrap();
         let err = records.get(format, 5).unwrap_err().to_string();
         assert!(err.contains("key 5 holds orders [3, 5]"), "{err}");
     }

@@ -15,14 +15,16 @@ use common::types::OrderRecord;
 
 use super::check::corrupt;
 use super::keymap::KeyMap;
-use super::records::{Records, segment_index};
+use super::records::{BATCHES, Records, existing, segment_index};
 
 /// The database appends go to.
 pub(super) struct Tail {
     pub db: sled::Db,
     pub records: Records,
+    /// Where its appends go (the batch records' tree, also in `records`).
+    pub batches: sled::Tree,
     /// The key index tree of its orders written before batch records.
-    pub keys: sled::Tree,
+    pub keys: Option<sled::Tree>,
     /// The first order it holds (or will).
     pub first: u64,
     /// Whether it is the root database (a log with no segment yet).
@@ -49,7 +51,7 @@ impl Index {
     /// tree `keys`.
     fn of(
         records: &Records,
-        keys: &sled::Tree,
+        keys: Option<&sled::Tree>,
         first: u64,
         segment: u64,
         format: Format,
@@ -66,7 +68,7 @@ impl Index {
     /// it, durably, created by `key`).
     fn find(
         &self,
-        keys: &sled::Tree,
+        keys: Option<&sled::Tree>,
         format: Format,
         key: &[u8],
         names: &impl Fn(u64) -> Result<bool, StoreError>,
@@ -77,10 +79,12 @@ impl Index {
                 return Ok(Some(n));
             }
         }
-        if self.filter.as_ref().is_none_or(|f| f.may_hold(fp)) {
-            return format.get_number(keys, "keys", key);
+        match keys {
+            Some(keys) if self.filter.as_ref().is_none_or(|f| f.may_hold(fp)) => {
+                format.get_number(keys, "keys", key)
+            }
+            _ => Ok(None),
         }
-        Ok(None)
     }
 }
 
@@ -92,11 +96,13 @@ impl Tail {
         format: Format,
         root_index: Option<Index>,
     ) -> Result<Tail, StoreError> {
+        let batches = db.open_tree(BATCHES)?;
         let records = Records::of(&db)?;
-        let keys = db.open_tree("keys")?;
+        let keys = existing(&db, "keys")?;
         Ok(Tail {
-            index: Index::of(&records, &keys, first, segment, format)?,
+            index: Index::of(&records, keys.as_ref(), first, segment, format)?,
             records,
+            batches,
             keys,
             db,
             first,
@@ -109,7 +115,7 @@ impl Tail {
 /// A filter of the `held` keys of `keys`, or `None` when they are more than
 /// a few segments' worth.
 fn filter_of(
-    keys: &sled::Tree,
+    keys: Option<&sled::Tree>,
     held: u64,
     segment: u64,
 ) -> Result<Option<Arc<KeyFilter>>, StoreError> {
@@ -117,7 +123,7 @@ fn filter_of(
         return Ok(None);
     }
     let filter = KeyFilter::new(usize::try_from(held).unwrap_or(usize::MAX));
-    for key in keys.iter().keys() {
+    for key in keys.into_iter().flat_map(|k| k.iter().keys()) {
         filter.insert(fingerprint(&key?));
     }
     Ok(Some(Arc::new(filter)))
@@ -127,7 +133,7 @@ pub(super) struct Parts {
     /// The root database: the epoch, and the oldest orders.
     pub db: Database,
     pub records: Records,
-    pub keys: sled::Tree,
+    pub keys: Option<sled::Tree>,
     pub archive: Archive,
     tail: RwLock<Arc<Tail>>,
     /// Orders per closed segment (what the filters are sized for).
@@ -145,7 +151,7 @@ impl Parts {
     ) -> Result<(Parts, u64), StoreError> {
         let format = db.format();
         let records = Records::of(db.engine())?;
-        let keys = db.tree("keys")?;
+        let keys = existing(db.engine(), "keys")?;
         let archive = Archive::open(path, "orders", Some(segment_index(format)))?;
         let root_next = records.next()?;
         let tail = match (archive.start(), archive.tail()) {
@@ -166,11 +172,17 @@ impl Parts {
                     Some(first) => archive.open_tail(first)?,
                     None => db.write(|| archive.start_tail(first))?,
                 };
-                let root_index = Index::of(&records, &keys, 0, segment, format)?;
+                let root_index = Index::of(&records, keys.as_ref(), 0, segment, format)?;
                 Tail::new(engine, (first, false), segment, format, Some(root_index))?
             }
         };
         let next = tail.records.next()?.max(tail.first);
+        // A root that is the tail has its batch records' tree now.
+        let records = if tail.root {
+            tail.records.clone()
+        } else {
+            records
+        };
         let parts = Parts {
             db,
             records,
@@ -260,11 +272,11 @@ impl Parts {
                     .get(format, n)?
                     .is_some_and(|r| r.key.as_bytes() == key))
         };
-        if let Some(n) = tail.index.find(&tail.keys, format, key, &names)? {
+        if let Some(n) = tail.index.find(tail.keys.as_ref(), format, key, &names)? {
             return Ok(Some(n));
         }
         if let Some(root) = &tail.root_index
-            && let Some(n) = root.find(&self.keys, format, key, &names)?
+            && let Some(n) = root.find(self.keys.as_ref(), format, key, &names)?
         {
             return Ok(Some(n));
         }
