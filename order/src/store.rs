@@ -268,9 +268,7 @@ impl OrderLog {
 
     /// Closes the full tail and starts the next one at `next`, on a thread
     /// of the blocking pool, holding the append lock (`guard`) until it is
-    /// done, even when the append that called it is dropped meanwhile. Then
-    /// makes the database the roll after it starts from
-    /// (`Archive::prepare_spare`), without the lock.
+    /// done, even when the append that called it is dropped meanwhile.
     ///
     /// Not `block_in_place`: that moves the runtime's one worker to another
     /// thread at every roll, spreading the worker's allocations over the
@@ -295,17 +293,8 @@ impl OrderLog {
                 "the tail's roll did not end: {e}"
             )))
         });
-        match rolled {
-            // The next roll's tail, made now, off the appends' path.
-            Ok(()) => {
-                let parts = Arc::clone(&self.parts);
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = parts.archive.prepare_spare() {
-                        tracing::warn!(error = %e, "making the next tail ahead failed; it is made when it starts");
-                    }
-                });
-            }
-            Err(e) => tracing::error!(error = %e, next, "starting a new tail segment failed"),
+        if let Err(e) = rolled {
+            tracing::error!(error = %e, next, "starting a new tail segment failed");
         }
     }
 

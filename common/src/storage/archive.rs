@@ -45,7 +45,7 @@ use std::sync::{Mutex, RwLock};
 use sled::IVec;
 
 use super::{StoreError, encode_key};
-use files::{BLOCK, io, list, name, open_segment, open_service, sync_dir, tail_name};
+use files::{BLOCK, io, list, name, open_segment, open_service, remove, sync_dir, tail_name};
 use filter::Closed;
 use kept::KeptOpen;
 
@@ -55,7 +55,6 @@ mod filter;
 mod index;
 mod kept;
 mod sizes;
-mod spare;
 
 pub use copy::{Closing, Entries};
 pub use files::{Entry, Fingerprint, fingerprint};
@@ -104,8 +103,6 @@ pub struct Archive {
     /// lookup that reaches it (its segment is searched instead meanwhile,
     /// and the next open rebuilds the file).
     damaged: Mutex<BTreeSet<u64>>,
-    /// Held while the spare tail is made or taken ([`spare`]).
-    spare: Mutex<()>,
 }
 
 impl Archive {
@@ -127,7 +124,6 @@ impl Archive {
             tail: Mutex::new(None),
             open: KeptOpen::new(kept::IDLE),
             damaged: Mutex::default(),
-            spare: Mutex::default(),
         };
         let Some((mut found, tails)) = list(&archive.dir, |path| archive.not_a_segment(path))?
         else {
@@ -185,16 +181,21 @@ impl Archive {
     }
 
     /// Starts an empty tail segment at `first` (after the closed ones):
-    /// the spare made ahead ([`Archive::prepare_spare`]), or one made now
-    /// under a `.new` name and flushed, renamed into place, and opened for
+    /// made under a `.new` name, flushed, renamed into place, and opened for
     /// writing.
     pub fn start_tail(&self, first: u64) -> Result<sled::Db, StoreError> {
         let end = self.read().last().map(|s| s.end);
         if end.is_some_and(|end| end != first) || self.tail().is_some() {
             return Err(self.gap(first, first, end));
         }
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let fresh = self.dir.join(format!("{}.new", tail_name(first)));
+        if fresh.exists() {
+            remove(&fresh)?;
+        }
+        open_segment(&fresh)?.flush()?;
         let path = self.dir.join(tail_name(first));
-        self.take_spare(&path)?;
+        std::fs::rename(&fresh, &path).map_err(io)?;
         sync_dir(&self.dir)?;
         let db = open_service(&path)?;
         *self.tail.lock().unwrap_or_else(|e| e.into_inner()) = Some(first);
