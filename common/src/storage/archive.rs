@@ -251,14 +251,17 @@ impl Archive {
         }
     }
 
-    /// The stored value of record `n` (`None` when it is not archived).
-    pub fn get(&self, n: u64) -> Result<Option<IVec>, StoreError> {
-        let Some(first) = self
-            .read()
+    /// The first number of the closed segment that holds record `n`.
+    pub fn segment_of(&self, n: u64) -> Option<u64> {
+        self.read()
             .iter()
             .find(|s| s.first <= n && n < s.end)
             .map(|s| s.first)
-        else {
+    }
+
+    /// The stored value of record `n` (`None` when it is not archived).
+    pub fn get(&self, n: u64) -> Result<Option<IVec>, StoreError> {
+        let Some(first) = self.segment_of(n) else {
             return Ok(None);
         };
         self.with_segment(first, |db| {

@@ -71,8 +71,8 @@ impl Records {
             .map_or(Ok(0), |orders| storage::next_number(orders, ORDERS))
     }
 
-    /// The first batch record, decoded.
-    fn first_batch(&self, format: Format) -> Result<Option<Vec<OrderRecord>>, StoreError> {
+    /// The first order of the first batch record, if there is one.
+    fn first_batched(&self, format: Format) -> Result<Option<u64>, StoreError> {
         match self
             .batches
             .as_ref()
@@ -80,7 +80,7 @@ impl Records {
             .transpose()?
             .flatten()
         {
-            Some((k, v)) => Ok(Some(decode_batch(format, &k, &v)?)),
+            Some((k, v)) => Ok(decode_batch(format, &k, &v)?.first().map(|r| r.number)),
             None => Ok(None),
         }
     }
@@ -96,19 +96,14 @@ impl Records {
         {
             return Ok(Some(decode_number(ORDERS, &k)?));
         }
-        Ok(self
-            .first_batch(format)?
-            .and_then(|b| b.first().map(|r| r.number)))
+        self.first_batched(format)
     }
 
     /// The first order held in a batch record (`u64::MAX` when none): the
     /// orders below it are per-order records, each with an entry in the
     /// database's key index tree; the batches carry their keys themselves.
     pub fn batched_from(&self, format: Format) -> Result<u64, StoreError> {
-        Ok(self
-            .first_batch(format)?
-            .and_then(|b| b.first().map(|r| r.number))
-            .unwrap_or(u64::MAX))
+        Ok(self.first_batched(format)?.unwrap_or(u64::MAX))
     }
 
     /// The fingerprint of every batch record's key, with its order's
@@ -188,9 +183,12 @@ impl Records {
                 });
                 Some(batch)
             })
-            .flat_map(|batch| match batch {
-                Ok(orders) => orders.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(e)],
+            .flat_map(|batch| {
+                let (orders, failed) = match batch {
+                    Ok(orders) => (orders, None),
+                    Err(e) => (Vec::new(), Some(Err(e))),
+                };
+                orders.into_iter().map(Ok).chain(failed)
             })
             .filter(move |r| r.as_ref().map_or(true, |r| r.number >= from));
         singles

@@ -236,24 +236,15 @@ impl Parts {
         } else if number < self.root_end(&tail) {
             self.records.get(format, number)
         } else {
-            match self.segment_of(number) {
+            match self.archive.segment_of(number) {
                 Some(first) => self.in_segment(first, |r| r.get(format, number)),
                 None => Ok(None),
             }
         }
     }
 
-    /// The first number of the closed segment that holds `number`.
-    fn segment_of(&self, number: u64) -> Option<u64> {
-        self.archive
-            .segments()
-            .into_iter()
-            .find(|&(first, end)| first <= number && number < end)
-            .map(|(first, _)| first)
-    }
-
     /// Runs `f` on the records of the closed segment from `first`.
-    pub fn in_segment<T>(
+    fn in_segment<T>(
         &self,
         first: u64,
         f: impl FnOnce(&Records) -> Result<T, StoreError>,
