@@ -229,11 +229,12 @@ pub(super) fn segment_index(format: Format) -> KeysOf {
 fn decode_batch(format: Format, key: &[u8], stored: &[u8]) -> Result<Vec<OrderRecord>, StoreError> {
     let last = decode_number(BATCHES, key)?;
     let orders: Vec<OrderRecord> = format.decode(BATCHES, key, stored)?;
-    let contiguous = orders
-        .iter()
-        .rev()
-        .zip((0..=last).rev())
-        .all(|(r, n)| r.number == n);
+    let first = u64::try_from(orders.len())
+        .ok()
+        .and_then(|len| len.checked_sub(1))
+        .and_then(|span| last.checked_sub(span));
+    let contiguous =
+        first.is_some_and(|first| orders.iter().zip(first..).all(|(r, n)| r.number == n));
     if orders.is_empty() || !contiguous || orders.len() > PER_RECORD {
         let numbers: Vec<u64> = orders.iter().map(|r| r.number).collect();
         return Err(StoreError::Corrupt {
@@ -315,5 +316,11 @@ mod tests {
         batches.insert(k, v).unwrap();
         let err = records.get(format, 5).unwrap_err().to_string();
         assert!(err.contains("key 5 holds orders [3, 5]"), "{err}");
+        // More orders than numbers up to its key.
+        let long = [rec(5), rec(0), rec(1)];
+        let (k, v) = Records::encode(format, &long.iter().collect::<Vec<_>>());
+        batches.insert(k, v).unwrap();
+        let err = records.get(format, 0).unwrap_err().to_string();
+        assert!(err.contains("key 1 holds orders [5, 0, 1]"), "{err}");
     }
 }
