@@ -1,20 +1,25 @@
 //! Relays trades to the leader in batches: concurrent trades share one
 //! `POST /orders/batch` instead of one request each, which saves a request
 //! parse, a response and a loopback round trip per trade on both sides.
-//! Nothing waits to fill a batch: a trade goes out with whatever else is
-//! queued at that moment, so a lone trade costs what it did before.
+//! A lone caller's trade goes out at once with whatever else is queued, so
+//! it costs what it did before. Under load the
+//! next batch waits a little for the next trades of the callers the last
+//! one answered ([`linger`]), as a database's group commit waits for its
+//! siblings: deeper batches cost less per trade.
 //!
 //! Every trade carries its idempotency key, so a batch the leader may or may
 //! not have committed is simply resent, and a trade the leader could not
 //! finish is sent again on its own (a batch of one) with the same failover
 //! and retry rules; a retry then returns the number of the first attempt.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::ApiError;
 use common::request_id::RequestInfo;
 use common::types::{MAX_TRADE_BATCH, TradeAnswer, TradeCommand, TradeReceipt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::forward::Forwarder;
 
@@ -26,6 +31,12 @@ const QUEUE: usize = 4096;
 /// would take together (at 64 connections, 32 trades per catalog batch
 /// instead of 22, and less CPU per trade; docs/PERFORMANCE.md).
 const IN_FLIGHT: usize = 1;
+
+/// The longest a batch waits for more trades ([`linger`]); tokio's timer
+/// counts in whole milliseconds, so this is also its granularity.
+const LINGER_MAX: Duration = Duration::from_millis(1);
+/// A batch waits at most this share of the last batch's round trip.
+const LINGER_SHARE: u32 = 4;
 
 type Reply = oneshot::Sender<Result<TradeReceipt, ApiError>>;
 
@@ -63,25 +74,86 @@ impl TradeRelay {
     }
 }
 
+/// The batch in flight that ended last, as the next one sees it.
+#[derive(Clone, Copy)]
+struct Ended {
+    /// Trades it answered.
+    answered: usize,
+    /// Its round trip to the leader.
+    took: Duration,
+    /// When it ended.
+    at: Instant,
+}
+
 async fn run(mut rx: mpsc::Receiver<Queued>, forward: Arc<Forwarder>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let ended: Arc<Mutex<Option<Ended>>> = Arc::new(Mutex::new(None));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot lets more trades queue behind `first`.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_TRADE_BATCH {
-            match rx.try_recv() {
-                Ok(t) => batch.push(t),
-                Err(_) => break,
+        let (slot, waited) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, 0),
+            Err(_) => {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                (slot, 1 + rx.len())
             }
+        };
+        let last = *ended.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = vec![first];
+        take_queued(&mut rx, &mut batch);
+        if let Some(last) = last {
+            linger(&mut rx, &mut batch, last, waited).await;
         }
-        let forward = forward.clone();
+        let (forward, ended) = (forward.clone(), ended.clone());
         tokio::spawn(async move {
+            let (answered, started) = (batch.len(), Instant::now());
             relay(&forward, batch).await;
+            let now = Instant::now();
+            *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ended {
+                answered,
+                took: now - started,
+                at: now,
+            });
             drop(slot);
         });
+    }
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_TRADE_BATCH`].
+fn take_queued(rx: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) {
+    while batch.len() < MAX_TRADE_BATCH {
+        match rx.try_recv() {
+            Ok(t) => batch.push(t),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Waits for the callers of the batch that ended last. They (and the
+/// trades that waited for its slot, `waited`, counting `first`) are likely
+/// to send their next trades at once, and one batch that takes them all
+/// costs the cluster one catalog call, one flush per replica and one
+/// propagation instead of two of each. The batch goes once it holds that
+/// many trades, or a [`LINGER_SHARE`] of the last batch's round trip
+/// ([`LINGER_MAX`] at most) after that batch ended. A lone caller never
+/// waits: its batch already holds the one trade it can expect.
+async fn linger(
+    rx: &mut mpsc::Receiver<Queued>,
+    batch: &mut Vec<Queued>,
+    last: Ended,
+    waited: usize,
+) {
+    let target = (last.answered + waited).min(MAX_TRADE_BATCH);
+    let deadline = last.at + (last.took / LINGER_SHARE).min(LINGER_MAX);
+    while batch.len() < target {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(t)) => {
+                batch.push(t);
+                take_queued(rx, batch);
+            }
+            Ok(None) | Err(_) => return,
+        }
     }
 }
 
@@ -133,6 +205,104 @@ async fn relay(forward: &Arc<Forwarder>, batch: Vec<Queued>) {
             done => {
                 let _ = reply.send(done.into_http());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::types::TradeKind;
+
+    fn queued(n: usize) -> Queued {
+        let cmd = TradeCommand {
+            name: "AAPL".into(),
+            kind: TradeKind::Buy,
+            quantity: 1,
+            key: format!("k{n}"),
+        };
+        (cmd, None, oneshot::channel().0)
+    }
+
+    fn ended(answered: usize, took: Duration) -> Ended {
+        Ended {
+            answered,
+            took,
+            at: Instant::now(),
+        }
+    }
+
+    /// A caller alone (its last batch held one trade) is never held back,
+    /// even when another trade comes right after.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_callers_trade_goes_at_once() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut batch = vec![queued(0)];
+        let start = Instant::now();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+            tx.send(queued(1)).await.ok();
+        });
+        linger(&mut rx, &mut batch, ended(1, Duration::from_millis(2)), 0).await;
+        assert_eq!((batch.len(), Instant::now()), (1, start));
+        sender.await.unwrap();
+        assert!(
+            rx.try_recv().is_ok(),
+            "the next trade is left for the next batch"
+        );
+    }
+
+    /// After a batch of three, the next waits for their callers' trades,
+    /// and goes as soon as it holds three (not at its deadline).
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_for_the_callers_of_the_last_one() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let last = ended(3, Duration::from_millis(4));
+        let mut batch = vec![queued(0)];
+        tokio::spawn(async move {
+            for n in 1..4 {
+                tokio::task::yield_now().await;
+                tx.send(queued(n)).await.ok();
+            }
+        });
+        linger(&mut rx, &mut batch, last, 0).await;
+        assert_eq!(batch.len(), 3);
+        assert_eq!(Instant::now(), last.at, "went before its deadline");
+        // Those that waited for the slot count too: 3 answered + 2 waited.
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut batch = vec![queued(0), queued(1)];
+        tokio::spawn(async move {
+            for n in 2..5 {
+                tokio::task::yield_now().await;
+                tx.send(queued(n)).await.ok();
+            }
+            std::future::pending::<()>().await;
+        });
+        let last = ended(3, Duration::from_millis(4));
+        linger(&mut rx, &mut batch, last, 2).await;
+        assert_eq!(batch.len(), 5);
+        assert_eq!(Instant::now(), last.at, "went before its deadline");
+    }
+
+    /// When the callers do not come, the batch goes at its deadline: a
+    /// share of the last round trip, at most `LINGER_MAX`.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_no_longer_than_its_deadline() {
+        for (took, waits) in [
+            (Duration::from_millis(2), Duration::from_micros(500)),
+            (Duration::from_millis(40), LINGER_MAX),
+        ] {
+            let (_tx, mut rx) = mpsc::channel(8);
+            let last = ended(64, took);
+            let mut batch = vec![queued(0)];
+            linger(&mut rx, &mut batch, last, 0).await;
+            assert_eq!(batch.len(), 1);
+            let waited = Instant::now() - last.at;
+            // tokio's timer rounds a deadline up to its next millisecond.
+            assert!(
+                waited >= waits && waited <= waits + Duration::from_millis(1),
+                "waited {waited:?} after a round trip of {took:?}"
+            );
         }
     }
 }
