@@ -161,9 +161,10 @@ async fn overlapping_trades_travel_in_batches() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
-    let scrape = || async {
+    let t = &t;
+    let scrape_of = |s: Service| async move {
         t.http
-            .get(format!("{}/metrics", t.cluster.url(Service::Order(3))))
+            .get(format!("{}/metrics", t.cluster.url(s)))
             .send()
             .await
             .expect("metrics")
@@ -171,7 +172,16 @@ async fn overlapping_trades_travel_in_batches() {
             .await
             .expect("text")
     };
+    let scrape = || scrape_of(Service::Order(3));
+    let relayed = |text: &str| {
+        let count = |name| common::metrics::sample::<f64>(text, name).unwrap_or(0.0);
+        (
+            count("bazaar_relay_batches_total"),
+            count("bazaar_relay_trades_total"),
+        )
+    };
     let before = scrape().await;
+    let relayed_before = relayed(&scrape_of(Service::Frontend(1)).await);
     let trades = (0..64).map(|i| {
         let t = &t;
         async move {
@@ -200,4 +210,16 @@ async fn overlapping_trades_travel_in_batches() {
     let singles = requests("/orders", &after) - requests("/orders", &before);
     assert!((1.0..=64.0).contains(&batches), "{batches} batch requests");
     assert_eq!(singles, 0.0, "no trade fell back to the single path");
+    // The front-end counts every trade in a batch, and no more batches than
+    // the leader received (a batch it resends reaches the leader again).
+    let relayed_after = relayed(&scrape_of(Service::Frontend(1)).await);
+    let (relay_batches, relay_trades) = (
+        relayed_after.0 - relayed_before.0,
+        relayed_after.1 - relayed_before.1,
+    );
+    assert_eq!(relay_trades, 64.0, "the front-end's relayed trades");
+    assert!(
+        (1.0..=batches).contains(&relay_batches),
+        "{relay_batches} relay batches, {batches} batch requests at the leader"
+    );
 }

@@ -59,6 +59,7 @@ pub async fn run(
     let mut metrics = common::metrics::MetricsBuilder::new(&state.name());
     state.cache.stats.register(&mut metrics.registry);
     state.selector.stats.register(&mut metrics.registry);
+    state.relay.stats.register(&mut metrics.registry);
     let app = metrics.finish(router(state));
     common::http::serve(listener, app, Limits::PUBLIC, shutdown).await
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::ApiError;
 use common::request_id::RequestInfo;
 use common::types::{MAX_TRADE_BATCH, TradeAnswer, TradeCommand, TradeReceipt};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -48,14 +49,48 @@ type Queued = (TradeCommand, Option<Arc<RequestInfo>>, Reply);
 pub struct TradeRelay {
     forward: Arc<Forwarder>,
     tx: mpsc::Sender<Queued>,
+    pub stats: Arc<RelayStats>,
+}
+
+/// Counters of the relay; Prometheus counters, so `/metrics` shares them.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Batches sent to the leader.
+    pub batches: Counter,
+    /// Trades those batches carried (their mean depth: trades / batches).
+    pub trades: Counter,
+    /// Batches that went at their deadline, short of the trades they
+    /// waited for ([`linger`]).
+    pub waits_expired: Counter,
+}
+
+impl RelayStats {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "relay_batches",
+            "Batches of trades the front-end sent to the leader",
+            self.batches.clone(),
+        );
+        registry.register(
+            "relay_trades",
+            "Trades those batches carried",
+            self.trades.clone(),
+        );
+        registry.register(
+            "relay_waits_expired",
+            "Batches that went at their deadline, short of the trades they waited for",
+            self.waits_expired.clone(),
+        );
+    }
 }
 
 impl TradeRelay {
     /// Starts the batching task.
     pub fn spawn(forward: Arc<Forwarder>) -> TradeRelay {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, forward.clone()));
-        TradeRelay { forward, tx }
+        let stats = Arc::new(RelayStats::default());
+        tokio::spawn(run(rx, forward.clone(), stats.clone()));
+        TradeRelay { forward, tx, stats }
     }
 
     /// Commits `cmd` through the leader.
@@ -85,7 +120,7 @@ struct Ended {
     at: Instant,
 }
 
-async fn run(mut rx: mpsc::Receiver<Queued>, forward: Arc<Forwarder>) {
+async fn run(mut rx: mpsc::Receiver<Queued>, forward: Arc<Forwarder>, stats: Arc<RelayStats>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let ended: Arc<Mutex<Option<Ended>>> = Arc::new(Mutex::new(None));
     while let Some(first) = rx.recv().await {
@@ -102,9 +137,13 @@ async fn run(mut rx: mpsc::Receiver<Queued>, forward: Arc<Forwarder>) {
         let last = *ended.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = vec![first];
         take_queued(&mut rx, &mut batch);
-        if let Some(last) = last {
-            linger(&mut rx, &mut batch, last, waited).await;
+        if let Some(last) = last
+            && !linger(&mut rx, &mut batch, last, waited).await
+        {
+            stats.waits_expired.inc();
         }
+        stats.batches.inc();
+        stats.trades.inc_by(batch.len() as u64);
         let (forward, ended) = (forward.clone(), ended.clone());
         tokio::spawn(async move {
             let (answered, started) = (batch.len(), Instant::now());
@@ -137,13 +176,14 @@ fn take_queued(rx: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) {
 /// propagation instead of two of each. The batch goes once it holds that
 /// many trades, or a [`LINGER_SHARE`] of the last batch's round trip
 /// ([`LINGER_MAX`] at most) after that batch ended. A lone caller never
-/// waits: its batch already holds the one trade it can expect.
+/// waits: its batch already holds the one trade it can expect. Returns
+/// whether the batch holds them all (`false`: it goes at its deadline).
 async fn linger(
     rx: &mut mpsc::Receiver<Queued>,
     batch: &mut Vec<Queued>,
     last: Ended,
     waited: usize,
-) {
+) -> bool {
     let target = (last.answered + waited).min(MAX_TRADE_BATCH);
     let deadline = last.at + (last.took / LINGER_SHARE).min(LINGER_MAX);
     while batch.len() < target {
@@ -152,9 +192,10 @@ async fn linger(
                 batch.push(t);
                 take_queued(rx, batch);
             }
-            Ok(None) | Err(_) => return,
+            Ok(None) | Err(_) => return false,
         }
     }
+    true
 }
 
 async fn relay(forward: &Arc<Forwarder>, batch: Vec<Queued>) {
@@ -243,8 +284,8 @@ mod tests {
             tokio::time::sleep(Duration::from_micros(100)).await;
             tx.send(queued(1)).await.ok();
         });
-        linger(&mut rx, &mut batch, ended(1, Duration::from_millis(2)), 0).await;
-        assert_eq!((batch.len(), Instant::now()), (1, start));
+        let full = linger(&mut rx, &mut batch, ended(1, Duration::from_millis(2)), 0).await;
+        assert_eq!((full, batch.len(), Instant::now()), (true, 1, start));
         sender.await.unwrap();
         assert!(
             rx.try_recv().is_ok(),
@@ -265,7 +306,7 @@ mod tests {
                 tx.send(queued(n)).await.ok();
             }
         });
-        linger(&mut rx, &mut batch, last, 0).await;
+        assert!(linger(&mut rx, &mut batch, last, 0).await);
         assert_eq!(batch.len(), 3);
         assert_eq!(Instant::now(), last.at, "went before its deadline");
         // Those that waited for the slot count too: 3 answered + 2 waited.
@@ -279,7 +320,7 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let last = ended(3, Duration::from_millis(4));
-        linger(&mut rx, &mut batch, last, 2).await;
+        assert!(linger(&mut rx, &mut batch, last, 2).await);
         assert_eq!(batch.len(), 5);
         assert_eq!(Instant::now(), last.at, "went before its deadline");
     }
@@ -295,7 +336,7 @@ mod tests {
             let (_tx, mut rx) = mpsc::channel(8);
             let last = ended(64, took);
             let mut batch = vec![queued(0)];
-            linger(&mut rx, &mut batch, last, 0).await;
+            assert!(!linger(&mut rx, &mut batch, last, 0).await, "went short");
             assert_eq!(batch.len(), 1);
             let waited = Instant::now() - last.at;
             // tokio's timer rounds a deadline up to its next millisecond.
