@@ -138,7 +138,7 @@ async fn run(mut rx: mpsc::Receiver<Queued>, forward: Arc<Forwarder>, stats: Arc
         let mut batch = vec![first];
         take_queued(&mut rx, &mut batch);
         if let Some(last) = last
-            && !linger(&mut rx, &mut batch, last, waited).await
+            && linger(&mut rx, &mut batch, last, waited).await
         {
             stats.waits_expired.inc();
         }
@@ -177,7 +177,7 @@ fn take_queued(rx: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) {
 /// many trades, or a [`LINGER_SHARE`] of the last batch's round trip
 /// ([`LINGER_MAX`] at most) after that batch ended. A lone caller never
 /// waits: its batch already holds the one trade it can expect. Returns
-/// whether the batch holds them all (`false`: it goes at its deadline).
+/// whether it waited and the deadline came first.
 async fn linger(
     rx: &mut mpsc::Receiver<Queued>,
     batch: &mut Vec<Queued>,
@@ -186,16 +186,20 @@ async fn linger(
 ) -> bool {
     let target = (last.answered + waited).min(MAX_TRADE_BATCH);
     let deadline = last.at + (last.took / LINGER_SHARE).min(LINGER_MAX);
+    if Instant::now() >= deadline {
+        return false;
+    }
     while batch.len() < target {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(t)) => {
                 batch.push(t);
                 take_queued(rx, batch);
             }
-            Ok(None) | Err(_) => return false,
+            Ok(None) => return false,
+            Err(_) => return true,
         }
     }
-    true
+    false
 }
 
 async fn relay(forward: &Arc<Forwarder>, batch: Vec<Queued>) {
@@ -284,8 +288,8 @@ mod tests {
             tokio::time::sleep(Duration::from_micros(100)).await;
             tx.send(queued(1)).await.ok();
         });
-        let full = linger(&mut rx, &mut batch, ended(1, Duration::from_millis(2)), 0).await;
-        assert_eq!((full, batch.len(), Instant::now()), (true, 1, start));
+        let expired = linger(&mut rx, &mut batch, ended(1, Duration::from_millis(2)), 0).await;
+        assert_eq!((expired, batch.len(), Instant::now()), (false, 1, start));
         sender.await.unwrap();
         assert!(
             rx.try_recv().is_ok(),
@@ -306,7 +310,7 @@ mod tests {
                 tx.send(queued(n)).await.ok();
             }
         });
-        assert!(linger(&mut rx, &mut batch, last, 0).await);
+        assert!(!linger(&mut rx, &mut batch, last, 0).await);
         assert_eq!(batch.len(), 3);
         assert_eq!(Instant::now(), last.at, "went before its deadline");
         // Those that waited for the slot count too: 3 answered + 2 waited.
@@ -320,7 +324,7 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let last = ended(3, Duration::from_millis(4));
-        assert!(linger(&mut rx, &mut batch, last, 2).await);
+        assert!(!linger(&mut rx, &mut batch, last, 2).await);
         assert_eq!(batch.len(), 5);
         assert_eq!(Instant::now(), last.at, "went before its deadline");
     }
@@ -336,7 +340,7 @@ mod tests {
             let (_tx, mut rx) = mpsc::channel(8);
             let last = ended(64, took);
             let mut batch = vec![queued(0)];
-            assert!(!linger(&mut rx, &mut batch, last, 0).await, "went short");
+            assert!(linger(&mut rx, &mut batch, last, 0).await, "went short");
             assert_eq!(batch.len(), 1);
             let waited = Instant::now() - last.at;
             // tokio's timer rounds a deadline up to its next millisecond.
@@ -345,5 +349,17 @@ mod tests {
                 "waited {waited:?} after a round trip of {took:?}"
             );
         }
+    }
+
+    /// A trade that comes after the last batch's deadline goes at once,
+    /// and is not counted as a wait that expired.
+    #[tokio::test(start_paused = true)]
+    async fn a_trade_after_the_deadline_goes_at_once() {
+        let (_tx, mut rx) = mpsc::channel(8);
+        let last = ended(64, Duration::from_millis(2));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let (mut batch, start) = (vec![queued(0)], Instant::now());
+        assert!(!linger(&mut rx, &mut batch, last, 0).await);
+        assert_eq!((batch.len(), Instant::now()), (1, start));
     }
 }
