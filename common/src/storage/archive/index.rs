@@ -70,12 +70,19 @@ impl Archive {
             })
         };
         let grown = if let Some((ranges, keys)) = grow {
+            let started = std::time::Instant::now();
             let filter = KeyFilter::new(keys);
             for &(first, end) in &ranges {
                 self.entries_of(first, end)?
                     .into_iter()
                     .for_each(|e| filter.insert(e.0));
             }
+            tracing::info!(
+                keys,
+                segments = ranges.len(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "key filter of the closed segments rebuilt larger"
+            );
             Some(filter)
         } else {
             None
