@@ -2,10 +2,10 @@
 //! `POST /orders/batch` instead of one request each, which saves a request
 //! parse, a response and a loopback round trip per trade on both sides.
 //! A lone caller's trade goes out at once with whatever else is queued, so
-//! it costs what it did before. Under load the
-//! next batch waits a little for the next trades of the callers the last
-//! one answered ([`linger`]), as a database's group commit waits for its
-//! siblings: deeper batches cost less per trade.
+//! it costs what it did before. Under load the next batch waits a little
+//! for the next trades of the callers the last one answered ([`linger`]),
+//! as a database's group commit waits for its siblings: deeper batches
+//! cost less per trade.
 //!
 //! Every trade carries its idempotency key, so a batch the leader may or may
 //! not have committed is simply resent, and a trade the leader could not
@@ -30,7 +30,8 @@ const QUEUE: usize = 4096;
 /// batch at a time anyway, and trades that arrive meanwhile wait here and
 /// go as one deeper batch instead of as several that the leader's sequencer
 /// would take together (at 64 connections, 32 trades per catalog batch
-/// instead of 22, and less CPU per trade; docs/PERFORMANCE.md).
+/// instead of 22, and less CPU per trade; about 60 since batches wait for
+/// their callers; docs/PERFORMANCE.md).
 const IN_FLIGHT: usize = 1;
 
 /// The longest a batch waits for more trades ([`linger`]); tokio's timer
