@@ -126,18 +126,20 @@ async fn run(mut rx: mpsc::Receiver<Queued>, forward: Arc<Forwarder>, stats: Arc
     let ended: Arc<Mutex<Option<Ended>>> = Arc::new(Mutex::new(None));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot lets more trades queue behind `first`.
-        let (slot, waited) = match slots.clone().try_acquire_owned() {
-            Ok(slot) => (slot, 0),
+        let (slot, queued_behind) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, false),
             Err(_) => {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                (slot, 1 + rx.len())
+                (slot, true)
             }
         };
         let last = *ended.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = vec![first];
         take_queued(&mut rx, &mut batch);
+        // The trades that waited for the slot are the batch so far.
+        let waited = if queued_behind { batch.len() } else { 0 };
         if let Some(last) = last
             && linger(&mut rx, &mut batch, last, waited).await
         {
