@@ -103,9 +103,12 @@ pub struct BenchReport {
     pub frontends: u32,
     pub phases: Vec<Phase>,
     pub rss: Vec<Rss>,
-    /// CPU of each service over the multi-connection trade phase, per
-    /// durable trade.
+    /// CPU and context switches of each service over the multi-connection
+    /// trade phase, per durable trade.
     pub trade_cpu: Vec<ServiceCpu>,
+    /// The same over the one-connection trade phase: what a single trade
+    /// costs each service, and how many times its threads sleep and wake.
+    pub single_trade_cpu: Vec<ServiceCpu>,
     /// The floor of one trade, measured in this run.
     pub floor: Floor,
     /// One verdict per performance goal (docs/PERFORMANCE.md).
@@ -202,16 +205,17 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         stop,
     ));
     let timings_before = goals::cluster_timings(&scratch).await;
-    phases.push(
-        measure(
-            "trade",
-            frontend,
-            Workload::Trades(trade_names.clone()),
-            1,
-            d,
-        )
-        .await,
-    );
+    let single_before = cpu::mark(&pids);
+    let single = measure(
+        "trade",
+        frontend,
+        Workload::Trades(trade_names.clone()),
+        1,
+        d,
+    )
+    .await;
+    let single_trade_cpu = cpu::since(&pids, &single_before, single.requests - single.errors);
+    phases.push(single);
     let timings = goals::cluster_timings(&scratch)
         .await
         .since(&timings_before);
@@ -292,6 +296,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         phases,
         rss,
         trade_cpu,
+        single_trade_cpu,
         floor,
         goals,
     })

@@ -94,15 +94,23 @@ pub fn bench(report: &BenchReport, as_json: bool) -> anyhow::Result<()> {
             r.steady_peak_over_median_pct
         );
     }
-    println!(
-        "cpu per durable trade (64-connection phase): {}",
-        report
-            .trade_cpu
-            .iter()
-            .map(|c| format!("{} {:.0} µs", c.service, c.us_per_request))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    for (phase, cpu) in [
+        ("64-connection phase", &report.trade_cpu),
+        ("one connection", &report.single_trade_cpu),
+    ] {
+        println!(
+            "cpu per durable trade ({phase}): {}; context switches per trade: {} (in all {:.1})",
+            cpu.iter()
+                .map(|c| format!("{} {:.0} µs", c.service, c.us_per_request))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cpu.iter()
+                .map(|c| format!("{} {:.1}", c.service, c.switches_per_request))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cpu.iter().map(|c| c.switches_per_request).sum::<f64>()
+        );
+    }
     let f = &report.floor;
     println!(
         "floor of one trade: {:.0} µs = catalog flush {:.0} µs + replica flush {:.0} µs + {} × round trip {:.0} µs ({})",

@@ -53,6 +53,18 @@ async fn every_bench_phase_completes_without_errors() {
         "{:?}",
         report.trade_cpu
     );
+    // A trade crosses processes: at one connection every one of them
+    // sleeps between trades, so each service's threads switch at least
+    // once per trade.
+    assert_eq!(report.single_trade_cpu.len(), 5);
+    assert!(
+        report
+            .single_trade_cpu
+            .iter()
+            .all(|c| c.switches_per_request >= 1.0),
+        "{:?}",
+        report.single_trade_cpu
+    );
     let f = &report.floor;
     assert!(
         f.replica_flush_us > 0.0 && f.catalog_flush_us > 0.0 && f.round_trip_us > 0.0,

@@ -1,6 +1,8 @@
 //! What `/proc/<pid>/stat` says of a process (Linux): its state and the
-//! CPU it has spent. `bazaar` reads it of the services it runs (frozen or
-//! not, CPU per request) and the store's CPU probe of itself.
+//! CPU it has spent; and from its threads' `status` files, how often they
+//! were switched off a CPU. `bazaar` reads it of the services it runs
+//! (frozen or not, CPU and context switches per request) and the store's
+//! CPU probe of itself.
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`sysconf(_SC_CLK_TCK)`;
 /// 100 on every Linux this runs on).
@@ -37,6 +39,33 @@ fn parse(stat: &str) -> Option<Stat> {
     })
 }
 
+/// Context switches of every live thread of `pid` so far (voluntary: it
+/// waited, for a lock, a socket, a disk; involuntary: it was preempted),
+/// summed from `/proc/<pid>/task/*/status`; `None` when the process is
+/// gone. Threads that have ended are not counted.
+pub fn switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        total += switches_in(&status);
+    }
+    Some(total)
+}
+
+fn switches_in(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +88,20 @@ mod tests {
         assert!(read(None).is_some());
         assert!(read(Some(std::process::id())).is_some());
         assert_eq!(read(Some(u32::MAX)), None);
+    }
+
+    #[test]
+    fn counts_both_kinds_of_switches_of_every_thread() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t5\n";
+        assert_eq!(switches_in(status), 12);
+        let pid = std::process::id();
+        let before = switches(pid).expect("this process is there");
+        // A thread that sleeps leaves its CPU: one voluntary switch at least.
+        std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(2)))
+            .join()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(switches(pid).expect("still there") > before);
+        assert_eq!(switches(u32::MAX), None);
     }
 }
