@@ -620,17 +620,24 @@ mod tests {
         {
             let c = Arc::new(Catalog::open(&path).unwrap());
             c.load_initial(&csv).await.unwrap();
-            let batch = ApplyBatch {
-                leader_id: None,
-                epoch: 1,
-                base: 0,
-                trades: vec![
-                    trade("AAPL", TradeKind::Buy, 1),
-                    trade("AAPL", TradeKind::Sell, 2),
-                ],
-            };
-            c.apply(&batch).await.unwrap();
+            // Two batches: two batch records, under keys 0 and 1.
+            for (base, t) in [
+                trade("AAPL", TradeKind::Buy, 1),
+                trade("AAPL", TradeKind::Sell, 2),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let batch = ApplyBatch {
+                    leader_id: None,
+                    epoch: 1,
+                    base: base as u64,
+                    trades: vec![t],
+                };
+                c.apply(&batch).await.unwrap();
+            }
         }
+        let applied = format!("applied-batches-{:020}", 0);
         let damage = |tree: &str, key: &[u8], expected: &str| {
             let db = open_when_unlocked(&path);
             let t = db.open_tree(tree).unwrap();
@@ -647,10 +654,10 @@ mod tests {
             db.flush().unwrap();
         };
         damage("stocks", b"AAPL", "key \"AAPL\" fails its checksum");
-        damage("applied", &encode_key(1), "key 1 fails its checksum");
+        damage(&applied, &encode_key(1), "key 1 fails its checksum");
         damage("meta", EPOCH_KEY, "fails its checksum");
         let db = open_when_unlocked(&path);
-        db.open_tree("applied")
+        db.open_tree(&applied)
             .unwrap()
             .remove(encode_key(0))
             .unwrap();
@@ -741,23 +748,23 @@ mod tests {
                 );
             }
             assert_eq!(c.applied.archive.segments(), vec![(0, 12), (12, 24)]);
-            assert_eq!(trees(&c), vec![format!("applied-{:020}", 24)]);
+            assert_eq!(trees(&c), vec![format!("applied-batches-{:020}", 24)]);
             assert_eq!(numbers(&c), (0..32).collect::<Vec<_>>());
             assert_eq!(c.applied_range(10, 4).unwrap()[3].number, 13);
             // A stop after the tree 24..32 was copied, before its drop.
-            let copied = c.applied.current().iter().map(|kv| Ok(kv?));
+            let copied = c.applied.current().tree.iter().map(|kv| Ok(kv?));
             c.applied
                 .archive
                 .close(common::storage::archive::Closing {
                     first: 24,
                     end: 32,
-                    trees: vec![("applied", Box::new(copied))],
+                    trees: vec![("batches", Box::new(copied))],
                 })
                 .unwrap();
         }
         let c = open();
         assert_eq!(c.applied.archive.end(), 32);
-        assert_eq!(trees(&c), vec![format!("applied-{:020}", 32)]);
+        assert_eq!(trees(&c), vec![format!("applied-batches-{:020}", 32)]);
         assert_eq!(numbers(&c), (0..32).collect::<Vec<_>>());
         assert_eq!(c.position().await.1, 32);
         assert_eq!(c.get("AAPL").unwrap().unwrap().quantity, 132);
@@ -772,19 +779,20 @@ mod tests {
         let small = Bounds { eager: 3, tail: 2 };
         let (dir, c) = catalog().await;
         let path = dir.path().join("db");
-        let batch = ApplyBatch {
-            leader_id: None,
-            epoch: 1,
-            base: 0,
-            trades: (0..6)
-                .map(|q| trade("AAPL", TradeKind::Buy, q + 1))
-                .collect(),
-        };
-        c.apply(&batch).await.unwrap();
+        // One batch record per order, to damage them one by one.
+        for q in 0..6 {
+            let batch = ApplyBatch {
+                leader_id: None,
+                epoch: 1,
+                base: q,
+                trades: vec![trade("AAPL", TradeKind::Buy, q + 1)],
+            };
+            c.apply(&batch).await.unwrap();
+        }
         drop(c);
         let flip = |number: u64| {
             let db = open_when_unlocked(&path);
-            let applied = db.open_tree("applied").unwrap();
+            let applied = db.open_tree(format!("applied-batches-{:020}", 0)).unwrap();
             let mut v = applied.get(encode_key(number)).unwrap().unwrap().to_vec();
             v[0] ^= 1;
             applied.insert(encode_key(number), v).unwrap();

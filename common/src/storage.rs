@@ -20,6 +20,7 @@
 //! are text) and the stores' own typed methods.
 
 pub mod archive;
+pub mod batches;
 mod codec;
 pub mod dump;
 pub mod floor;

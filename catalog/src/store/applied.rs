@@ -3,14 +3,18 @@
 //! older ones in closed segments (`common::storage::archive`), so that the
 //! catalog's memory does not grow with the log.
 //!
-//! Appends go to the last tree (`applied`, in a database written before
-//! segments, then `applied-<first>`). Once it holds `Sizes::segment`
-//! orders, a new tree follows it, and on a blocking thread the full tree is
-//! copied into a closed segment and then dropped whole (sled frees a
-//! dropped tree's pages at once; removing its orders one by one would cost
-//! as much as writing them). A tree found at open whose orders a closed
-//! segment already holds (a stop between the copy and the drop) is dropped
-//! then.
+//! Appends go to the last tree, one record per batch
+//! (`applied-batches-<first>`; `common::storage::batches`). Trees written
+//! before batch records hold one record per order (`applied`, in a
+//! database written before segments, then `applied-<first>`); they are
+//! read as they are and never written again: a database that ends in one
+//! gets a tree of batch records after it at open. Once the last tree holds
+//! `Sizes::segment` orders, a new tree follows it, and on a blocking thread
+//! the full tree is copied into a closed segment and then dropped whole
+//! (sled frees a dropped tree's pages at once; removing its records one by
+//! one would cost as much as writing them). A tree found at open whose
+//! orders a closed segment already holds (a stop between the copy and the
+//! drop) is dropped then.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -19,15 +23,27 @@ use common::storage::archive::{Archive, Closing, Sizes};
 use common::storage::{self, Database, Format, MAX_RANGE, StoreError, encode_key};
 use common::types::OrderRecord;
 
+mod trees;
+
+pub(super) use trees::Kind;
+
 /// The tree of a database written before segments.
 const LEGACY: &str = "applied";
+/// The prefix of the trees of one record per order, after `LEGACY`.
+const PER_ORDER: &str = "applied-";
+/// The prefix of the trees of batch records.
+const BATCHED: &str = "applied-batches-";
+/// The tree of a closed segment: of one record per order (the archive's
+/// numbered tree), or of batch records.
+const SEGMENT_ORDERS: &str = "applied";
+const SEGMENT_BATCHES: &str = "batches";
 
 /// One tree of applied orders in the catalog's database.
 #[derive(Clone)]
 struct Part {
     first: u64,
     name: String,
-    tree: sled::Tree,
+    kind: Kind,
 }
 
 pub(super) struct Applied {
@@ -63,14 +79,21 @@ impl Applied {
         let mut parts = Vec::new();
         for name in db.engine().tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
-            let first = match name.strip_prefix("applied-") {
-                Some(n) => Some(
-                    n.parse::<u64>()
-                        .map_err(|_| corrupt(format!("a tree is named {name:?}")))?,
-                ),
-                None if name == LEGACY => None,
-                None => continue,
+            let (first, batched) = if let Some(n) = name.strip_prefix(BATCHED) {
+                (Some(n), true)
+            } else if let Some(n) = name.strip_prefix(PER_ORDER) {
+                (Some(n), false)
+            } else if name == LEGACY {
+                (None, false)
+            } else {
+                continue;
             };
+            let first = first
+                .map(|n| {
+                    n.parse::<u64>()
+                        .map_err(|_| corrupt(format!("a tree is named {name:?}")))
+                })
+                .transpose()?;
             let tree = db.tree(&name)?;
             let first = match first {
                 Some(first) => first,
@@ -79,7 +102,8 @@ impl Applied {
                     None => continue,
                 },
             };
-            parts.push(Part { first, name, tree });
+            let kind = Kind { tree, batched };
+            parts.push(Part { first, name, kind });
         }
         parts.sort_by_key(|p| p.first);
         let (archived, kept): (Vec<Part>, Vec<Part>) =
@@ -88,21 +112,25 @@ impl Applied {
             db.write(|| Ok(db.engine().drop_tree(&part.name).map(|_| ())?))?;
         }
         let mut parts = kept;
-        if parts.is_empty() {
-            let name = if end == 0 {
-                LEGACY.to_string()
-            } else {
-                tree_name(end)
-            };
-            parts.push(Part {
-                first: end,
-                tree: db.tree(&name)?,
-                name,
-            });
-        }
         for part in &parts {
             // A last number of u64::MAX leaves none to hand out.
-            storage::next_number(&part.tree, "applied")?;
+            storage::next_number(&part.kind.tree, "applied")?;
+        }
+        // Appends write batch records: a record that ends in a tree of one
+        // record per order (or in none) gets a tree of them after it.
+        match parts.last() {
+            Some(last) if last.kind.batched => {}
+            Some(last) if storage::next_number(&last.kind.tree, "applied")? > last.first => {
+                let next = storage::next_number(&last.kind.tree, "applied")?;
+                parts.push(Part::batched(db, next)?);
+            }
+            Some(_) => {
+                // A tree of one record per order that holds none yet.
+                let empty = parts.pop().expect("there is a last one");
+                db.write(|| Ok(db.engine().drop_tree(&empty.name).map(|_| ())?))?;
+                parts.push(Part::batched(db, empty.first)?);
+            }
+            None => parts.push(Part::batched(db, end)?),
         }
         if parts[0].first != end {
             return Err(corrupt(format!(
@@ -126,20 +154,21 @@ impl Applied {
         self.parts.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The tree appends go to.
-    pub fn current(&self) -> sled::Tree {
+    /// The tree appends go to (of batch records, from open on).
+    pub fn current(&self) -> Kind {
         let parts = self.parts.read().unwrap_or_else(|e| e.into_inner());
         parts
             .last()
-            .map(|p| p.tree.clone())
+            .map(|p| p.kind.clone())
             .expect("one tree at least")
     }
 
-    /// One more than the highest applied order (0 when none).
+    /// One more than the highest applied order (0 when none): a tree's
+    /// last key is its highest order in either kind.
     pub fn next(&self) -> Result<u64, StoreError> {
         let parts = self.parts();
         let last = parts.last().expect("one tree at least");
-        Ok(storage::next_number(&last.tree, "applied")?.max(last.first))
+        Ok(storage::next_number(&last.kind.tree, "applied")?.max(last.first))
     }
 
     /// Applied orders `from..below`, at most `limit` (capped at
@@ -160,20 +189,20 @@ impl Applied {
                 limit.saturating_sub(u32::try_from(out.len()).unwrap_or(u32::MAX))
             };
             let root = parts.first().map_or(below, |p| p.first);
-            if from < root {
-                let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-                for (k, v) in self.archive.range(from, root.min(below), cap)? {
-                    let number = storage::decode_number("applied", &k)?;
-                    out.push(format.decode_numbered("applied", number, &v)?);
+            for (first, end) in self.archive.segments() {
+                let (start, stop) = (from.max(first), end.min(root).min(below));
+                if start < stop && left(&out) > 0 {
+                    let cap = left(&out) as usize;
+                    self.archive.with_segment(first, |db| {
+                        segment_tree(db)?.read(format, start, stop, cap, &mut out)
+                    })?;
                 }
             }
             for (i, part) in parts.iter().enumerate() {
                 let end = parts.get(i + 1).map_or(below, |p| p.first.min(below));
                 let start = from.max(part.first);
-                if start < end && left(&out) > 0 {
-                    let page = format.range(&part.tree, "applied", start, end, left(&out))?;
-                    out.extend(page);
-                }
+                let cap = left(&out) as usize;
+                part.kind.read(format, start, end, cap, &mut out)?;
             }
             if self.version.load(Ordering::Acquire) == version {
                 return Ok(out);
@@ -190,16 +219,11 @@ impl Applied {
         if next.saturating_sub(first) < sizes.segment {
             return Ok(());
         }
-        let name = tree_name(next);
-        let tree = self.db.write(|| self.db.tree(&name))?;
+        let part = Part::batched(&self.db, next)?;
         self.parts
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Part {
-                first: next,
-                name,
-                tree,
-            });
+            .push(part);
         if !self.closing.swap(true, Ordering::AcqRel) {
             let (applied, closing) = (Arc::clone(self), Arc::clone(&self.closing));
             tokio::task::spawn_blocking(move || {
@@ -229,9 +253,18 @@ impl Applied {
                 return Ok(());
             };
             let (lo, hi) = (part.first, following.first);
-            // Read as the copy goes; the archive refuses a segment whose
-            // orders are not all there.
+            // Read as the copy goes; the archive refuses a segment of one
+            // record per order whose orders are not all there, and batch
+            // records are checked here first (a decode per batch).
+            let tree = if part.kind.batched {
+                self.db
+                    .read(part.kind.verify(self.db.format(), (lo, lo), hi))?;
+                SEGMENT_BATCHES
+            } else {
+                SEGMENT_ORDERS
+            };
             let records = part
+                .kind
                 .tree
                 .range(encode_key(lo)..encode_key(hi))
                 .map(|kv| kv.map_err(StoreError::from));
@@ -239,7 +272,7 @@ impl Applied {
                 self.archive.close(Closing {
                     first: lo,
                     end: hi,
-                    trees: vec![("applied", Box::new(records))],
+                    trees: vec![(tree, Box::new(records))],
                 })
             })?;
             self.parts
@@ -259,12 +292,7 @@ impl Applied {
         for (first, end) in self.archive.segments() {
             if end > from {
                 self.archive.with_segment(first, |db| {
-                    verify(
-                        format,
-                        &db.open_tree("applied")?,
-                        (first, first.max(from)),
-                        end,
-                    )
+                    segment_tree(db)?.verify(format, (first, first.max(from)), end)
                 })?;
             }
         }
@@ -272,48 +300,48 @@ impl Applied {
         for (i, part) in parts.iter().enumerate() {
             let end = parts.get(i + 1).map_or(below, |p| p.first);
             if end > from {
-                verify(format, &part.tree, (part.first, from.max(part.first)), end)?;
+                part.kind
+                    .verify(format, (part.first, from.max(part.first)), end)?;
             }
         }
         Ok(())
     }
 }
 
-fn tree_name(first: u64) -> String {
-    format!("applied-{first:020}")
+impl Part {
+    /// A new tree of batch records whose first order is `first`.
+    fn batched(db: &Database, first: u64) -> Result<Part, StoreError> {
+        let name = format!("{BATCHED}{first:020}");
+        let tree = db.write(|| db.tree(&name))?;
+        Ok(Part {
+            first,
+            name,
+            kind: Kind {
+                tree,
+                batched: true,
+            },
+        })
+    }
 }
 
-/// Checks the applied orders `from..below` of one tree whose first order
-/// is `first`: each decodes (and passes its checksum), and the numbers run
-/// without a gap. Orders applied since (from `below` on) are left alone.
-fn verify(
-    format: Format,
-    applied: &sled::Tree,
-    (first, from): (u64, u64),
-    below: u64,
-) -> Result<(), StoreError> {
-    if let Some((k, _)) = applied.first()? {
-        let held = storage::decode_number("applied", &k)?;
-        if held != first {
-            return Err(corrupt(format!(
-                "order {first} is missing (the first one held is {held})"
-            )));
-        }
-    }
-    let mut expected = from;
-    for kv in applied.range(encode_key(from)..encode_key(below)) {
-        let (k, v) = kv?;
-        let number = storage::decode_number("applied", &k)?;
-        if number != expected {
-            return Err(corrupt(format!(
-                "order {expected} is missing (the next one held is {number})"
-            )));
-        }
-        format.decode_numbered::<OrderRecord>("applied", number, &v)?;
-        expected = number.saturating_add(1);
-    }
-    if expected < below {
-        return Err(corrupt(format!("order {expected} is missing")));
-    }
-    Ok(())
+/// The tree of applied orders of a closed segment: its batch records if it
+/// has them (a segment is never written, so a tree it lacks is not opened,
+/// which would make it).
+fn segment_tree(db: &sled::Db) -> Result<Kind, StoreError> {
+    let batched = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == SEGMENT_BATCHES.as_bytes());
+    let name = if batched {
+        SEGMENT_BATCHES
+    } else {
+        SEGMENT_ORDERS
+    };
+    Ok(Kind {
+        tree: db.open_tree(name)?,
+        batched,
+    })
 }
+
+#[cfg(test)]
+mod tests;

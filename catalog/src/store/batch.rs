@@ -1,8 +1,10 @@
 //! The write of one batch: the transaction that applies its trades to the
-//! stocks and records them ([`Catalog::transact`]), and the task that
+//! stocks and records them, in one batch record
+//! (`common::storage::batches`; [`Catalog::transact`]), and the task that
 //! carries an apply or a fence to its end whether or not anyone still waits
 //! ([`to_the_end`]).
 
+use common::storage::batches::{PER_RECORD, encode_batch};
 use common::storage::{StoreError, encode_key};
 use common::types::{ApplyBatch, OrderRecord, TradeOutcome};
 use sled::Transactional;
@@ -21,11 +23,13 @@ impl Catalog {
         batch: &ApplyBatch,
     ) -> Result<(Vec<TradeOutcome>, u64, Changed), StoreError> {
         let format = self.db.format();
-        let result = (&self.stocks, &self.applied.current(), self.db.meta()).transaction(
-            |(stocks, applied, meta)| {
+        let current = self.applied.current();
+        let result =
+            (&self.stocks, &current.tree, self.db.meta()).transaction(|(stocks, applied, meta)| {
                 let abort = ConflictableTransactionError::Abort;
                 let mut outcomes = Vec::with_capacity(batch.trades.len());
                 let mut changed = Changed::new();
+                let mut records = Vec::new();
                 let mut number = batch.base;
                 for t in &batch.trades {
                     let key = t.name.as_bytes();
@@ -60,11 +64,22 @@ impl Catalog {
                         quantity: t.quantity,
                         key: t.key.clone(),
                     };
-                    let number_key = encode_key(number);
-                    applied.insert(&number_key, format.encode(&number_key, &record))?;
+                    if current.batched {
+                        records.push(record);
+                    } else {
+                        let number_key = encode_key(number);
+                        applied.insert(&number_key, format.encode(&number_key, &record))?;
+                    }
                     outcomes.push(TradeOutcome::Applied { number });
                     // Checked above: base + batch length fits in a u64.
                     number = number.saturating_add(1);
+                }
+                // One record per batch (of at most PER_RECORD orders), not
+                // one per order: sled's work is per record.
+                for orders in records.chunks(PER_RECORD) {
+                    let last = orders.last().map_or(0, |r| r.number);
+                    let (key, value) = encode_batch(format, last, orders);
+                    applied.insert(&key, value)?;
                 }
                 meta.insert(EPOCH_KEY, format.encode_number(EPOCH_KEY, batch.epoch))?;
                 if let Some(leader) = batch.leader_id {
@@ -74,8 +89,7 @@ impl Catalog {
                     )?;
                 }
                 Ok((outcomes, number, changed))
-            },
-        );
+            });
         Ok(result?)
     }
 }

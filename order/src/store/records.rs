@@ -17,8 +17,8 @@ use common::storage::{self, Format, StoreError, decode_number, encode_key};
 use common::types::OrderRecord;
 
 /// Orders per batch record at most: an append of more (a catch-up page)
-/// writes several, so a read of one order decodes a bounded record.
-pub(super) const PER_RECORD: usize = 128;
+/// writes several.
+pub(super) use common::storage::batches::PER_RECORD;
 
 /// The tree of per-order records (databases written before batches).
 const ORDERS: &str = "orders";
@@ -126,9 +126,7 @@ impl Records {
     /// the key and value of their batch record.
     pub fn encode(format: Format, orders: &[&OrderRecord]) -> ([u8; 8], Vec<u8>) {
         let last = orders.last().map_or(0, |r| r.number);
-        let key = encode_key(last);
-        let value = format.encode(&key, &orders);
-        (key, value)
+        storage::batches::encode_batch(format, last, orders)
     }
 
     /// Order `number`, if held.
@@ -224,25 +222,10 @@ pub(super) fn segment_index(format: Format) -> KeysOf {
     })
 }
 
-/// The orders of the batch record stored under `key`: it passes its
-/// checksum, and its orders run without a gap up to the key's number.
+/// The orders of the batch record stored under `key` (see
+/// [`storage::batches::decode_batch`]).
 fn decode_batch(format: Format, key: &[u8], stored: &[u8]) -> Result<Vec<OrderRecord>, StoreError> {
-    let last = decode_number(BATCHES, key)?;
-    let orders: Vec<OrderRecord> = format.decode(BATCHES, key, stored)?;
-    let first = u64::try_from(orders.len())
-        .ok()
-        .and_then(|len| len.checked_sub(1))
-        .and_then(|span| last.checked_sub(span));
-    let contiguous =
-        first.is_some_and(|first| orders.iter().zip(first..).all(|(r, n)| r.number == n));
-    if orders.is_empty() || !contiguous || orders.len() > PER_RECORD {
-        let numbers: Vec<u64> = orders.iter().map(|r| r.number).collect();
-        return Err(StoreError::Corrupt {
-            tree: BATCHES,
-            message: format!("key {last} holds orders {numbers:?}"),
-        });
-    }
-    Ok(orders)
+    storage::batches::decode_batch(format, BATCHES, key, stored)
 }
 
 #[cfg(test)]
