@@ -1,6 +1,7 @@
 //! The catalog database: stocks keyed by name, and the record of every
-//! order the catalog applied, keyed by big-endian order number, so that a new
-//! leader can reconcile the order log with what the catalog really did.
+//! order the catalog applied, one record per batch under its last order's
+//! big-endian number (`store/applied.rs`), so that a new leader can
+//! reconcile the order log with what the catalog really did.
 //!
 //! Every change is one sled transaction over all trees and is flushed before
 //! the caller hears of it. The trade arithmetic is [`crate::rules::trade`];
