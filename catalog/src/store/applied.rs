@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use common::storage::archive::{Archive, Closing, Sizes};
-use common::storage::{self, Database, Format, MAX_RANGE, StoreError, encode_key};
+use common::storage::{self, Database, Format, MAX_RANGE, StoreError, batches, encode_key};
 use common::types::OrderRecord;
 
 mod trees;
@@ -118,19 +118,25 @@ impl Applied {
         }
         // Appends write batch records: a record that ends in a tree of one
         // record per order (or in none) gets a tree of them after it.
-        match parts.last() {
-            Some(last) if last.kind.batched => {}
-            Some(last) if storage::next_number(&last.kind.tree, "applied")? > last.first => {
-                let next = storage::next_number(&last.kind.tree, "applied")?;
-                parts.push(Part::batched(db, next)?);
+        let last = match parts.last() {
+            Some(last) if last.kind.batched => None,
+            Some(last) => Some((
+                last.first,
+                storage::next_number(&last.kind.tree, "applied")?,
+            )),
+            None => Some((end, end)),
+        };
+        match last {
+            None => {}
+            Some((first, next)) if next > first => parts.push(Part::batched(db, next)?),
+            Some((first, _)) => {
+                // A tree of one record per order that holds none yet (or
+                // none at all): the batch records start where it would.
+                if let Some(empty) = parts.pop() {
+                    db.write(|| Ok(db.engine().drop_tree(&empty.name).map(|_| ())?))?;
+                }
+                parts.push(Part::batched(db, first)?);
             }
-            Some(_) => {
-                // A tree of one record per order that holds none yet.
-                let empty = parts.pop().expect("there is a last one");
-                db.write(|| Ok(db.engine().drop_tree(&empty.name).map(|_| ())?))?;
-                parts.push(Part::batched(db, empty.first)?);
-            }
-            None => parts.push(Part::batched(db, end)?),
         }
         if parts[0].first != end {
             return Err(corrupt(format!(
@@ -328,18 +334,15 @@ impl Part {
 /// has them (a segment is never written, so a tree it lacks is not opened,
 /// which would make it).
 fn segment_tree(db: &sled::Db) -> Result<Kind, StoreError> {
-    let batched = db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == SEGMENT_BATCHES.as_bytes());
-    let name = if batched {
-        SEGMENT_BATCHES
-    } else {
-        SEGMENT_ORDERS
-    };
-    Ok(Kind {
-        tree: db.open_tree(name)?,
-        batched,
+    Ok(match batches::existing(db, SEGMENT_BATCHES)? {
+        Some(tree) => Kind {
+            tree,
+            batched: true,
+        },
+        None => Kind {
+            tree: db.open_tree(SEGMENT_ORDERS)?,
+            batched: false,
+        },
     })
 }
 

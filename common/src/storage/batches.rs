@@ -13,6 +13,20 @@ use crate::types::OrderRecord;
 /// so a read of one order decodes a bounded record.
 pub const PER_RECORD: usize = 128;
 
+/// The tree `name` of `db`, if it has one: opening a missing tree makes
+/// it, and a closed segment is never written.
+pub fn existing(db: &sled::Db, name: &str) -> Result<Option<sled::Tree>, StoreError> {
+    if db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == name.as_bytes())
+    {
+        Ok(Some(db.open_tree(name)?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// The key and stored bytes of the batch record of `orders` (contiguous,
 /// at most [`PER_RECORD`]).
 pub fn encode_batch<T: serde::Serialize>(

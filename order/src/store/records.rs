@@ -18,7 +18,7 @@ use common::types::OrderRecord;
 
 /// Orders per batch record at most: an append of more (a catch-up page)
 /// writes several.
-pub(super) use common::storage::batches::PER_RECORD;
+pub(super) use common::storage::batches::{PER_RECORD, existing};
 
 /// The tree of per-order records (databases written before batches).
 const ORDERS: &str = "orders";
@@ -33,19 +33,6 @@ pub(super) struct Records {
     pub orders: Option<sled::Tree>,
     /// One record per batch, under its last order's number.
     pub batches: Option<sled::Tree>,
-}
-
-/// The tree `name` of `db`, if it has one (see [`Records`]).
-pub(super) fn existing(db: &sled::Db, name: &str) -> Result<Option<sled::Tree>, StoreError> {
-    if db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == name.as_bytes())
-    {
-        Ok(Some(db.open_tree(name)?))
-    } else {
-        Ok(None)
-    }
 }
 
 impl Records {

@@ -90,18 +90,17 @@ impl Kind {
         let mut started = false;
         for kv in self.tree.range(encode_key(from)..) {
             let (k, v) = kv?;
-            let numbers: Vec<u64> = if self.batched {
-                decode_batch(format, BATCHES, &k, &v)?
-                    .iter()
-                    .map(|r| r.number)
-                    .collect()
+            let (lo, hi) = if self.batched {
+                let batch = decode_batch(format, BATCHES, &k, &v)?;
+                // decode_batch refuses an empty record.
+                let (Some(lo), Some(hi)) = (batch.first(), batch.last()) else {
+                    continue;
+                };
+                (lo.number, hi.number)
             } else {
                 let number = storage::decode_number("applied", &k)?;
                 format.decode_numbered::<OrderRecord>("applied", number, &v)?;
-                vec![number]
-            };
-            let (Some(&lo), Some(&hi)) = (numbers.first(), numbers.last()) else {
-                continue;
+                (number, number)
             };
             if lo >= below {
                 break;
