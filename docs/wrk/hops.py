@@ -41,7 +41,7 @@ def threads(config):
             argv = open(f"/proc/{pid}/cmdline").read().split("\0")
         except OSError:
             continue
-        if config not in argv or len(argv) < 1:
+        if config not in argv:
             continue
         binary = os.path.basename(argv[0])
         if binary == "order" and "--id" in argv:
