@@ -32,7 +32,7 @@ pub fn register(registry: &mut Registry) {
     );
     registry.register(
         "catalog_apply_batches",
-        "Batches of trades applied in one transaction and flush",
+        "Batches of trades applied in one write and flush",
         m.apply_batches.clone(),
     );
     m.flush.register(registry);

@@ -1,7 +1,7 @@
 //! `catalog --rebuild`: a new catalog database from the stocks file and the
 //! order log, for a catalog whose files are damaged. The catalog has no
 //! peer, but every trade it applied is in the order log: replaying the log
-//! through the same transaction as `/apply` ([`crate::rules::trade`])
+//! through the same write as `/apply` ([`crate::rules::trade`])
 //! recomputes the quantities, the volumes, the applied record and the next
 //! number. The log comes from the running replicas (`GET /log` pages with
 //! the cluster token), from the one holding the most orders; the epoch is

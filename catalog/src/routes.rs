@@ -18,7 +18,7 @@ use crate::error::CatalogError;
 use crate::invalidate::Invalidator;
 use crate::store::{Catalog, to_the_end};
 
-/// Largest batch a leader may send; bounds the transaction size.
+/// Largest batch a leader may send; bounds the size of its write.
 pub const MAX_APPLY_BATCH: usize = 4096;
 
 #[derive(Clone)]

@@ -1,6 +1,6 @@
 //! The trade rules, as a pure function: what one trade does to a stock's
 //! quantity and traded volume, or why it is refused. The store's
-//! transaction calls [`trade`] for every trade of a batch; the property
+//! write calls [`trade`] for every trade of a batch; the property
 //! tests (`tests/trade_props.rs`) test it without a database.
 
 use common::types::{TradeCommand, TradeKind, TradeOutcome};

@@ -3,15 +3,17 @@
 //! big-endian number (`store/applied.rs`), so that a new leader can
 //! reconcile the order log with what the catalog really did.
 //!
-//! Every change is one sled transaction over all trees and is flushed before
-//! the caller hears of it. The trade arithmetic is [`crate::rules::trade`];
+//! Every change is flushed before the caller hears of it. A batch is its
+//! record, which carries the stocks it changed, then their new values
+//! (`store/batch.rs`: one sync of the log, not a transaction's two); the
+//! open redoes the last record's. The trade arithmetic is [`crate::rules::trade`];
 //! this file and `common::storage` are the only code of the catalog that
 //! names the engine.
 //!
 //! Lookups are served from the last durable state: a copy of the stocks
 //! (the catalog holds few) updated only after a flush succeeds, and applied
 //! orders below the durable next number. So no lookup ever shows a trade
-//! between its transaction and its flush, nor, after a failed flush (sled
+//! between its write and its flush, nor, after a failed flush (sled
 //! keeps the failed write in memory), one that never became durable. After
 //! such a failure every write is refused (503) until the process restarts
 //! on what is on disk (see `common::storage`).
@@ -101,7 +103,8 @@ impl Sequencer {
     }
 }
 
-/// The stocks a transaction changed, to copy once they are durable.
+/// The stocks a batch changed, with their new values, to copy once they
+/// are durable.
 type Changed = Vec<(String, StockValue)>;
 
 pub struct Catalog {
@@ -147,6 +150,9 @@ impl Catalog {
         let db = Arc::new(Database::open(path, "the catalog", "catalog")?);
         let stocks = db.tree("stocks")?;
         let applied = Arc::new(Applied::open(&db, path)?);
+        if batch::redo_last(&db, &stocks, applied.last_record()?)? {
+            tracing::warn!("the last batch's stocks were written again (a stop cut its flush off)");
+        }
         let format = db.format();
         let next = applied.next()?;
         let epoch = format
@@ -314,7 +320,7 @@ impl Catalog {
     ///
     /// The work runs in a task of its own, to the end, even when the caller
     /// stops waiting (a leader that timed out closes its connection, and
-    /// the server drops the request). Dropped between its transaction and
+    /// the server drops the request). Dropped between its write and
     /// the end of its flush, the batch would be in the database but not in
     /// the sequence: the next batch would take the same numbers, overwrite
     /// its record and apply on top of its stock changes.
@@ -444,7 +450,7 @@ mod tests {
     }
 
     /// A caller that gives up (its connection closes, the request times
-    /// out) drops the apply future. A batch whose transaction ran must still
+    /// out) drops the apply future. A batch whose write ran must still
     /// take its numbers, or the next batch would apply on top of it under
     /// the same numbers and the stocks would count both.
     #[tokio::test]
@@ -597,7 +603,7 @@ mod tests {
     }
 
     /// A lookup during an apply shows the stock before or after it, never
-    /// the transaction's state before its flush: the copy moves after it.
+    /// the written state before its flush: the copy moves after it.
     #[tokio::test]
     async fn lookups_move_only_after_the_flush() {
         let (_d, c) = catalog().await;
@@ -666,6 +672,71 @@ mod tests {
         drop(db);
         let err = reopen(&path).err().unwrap();
         assert!(err.to_string().contains("order 0 is missing"), "{err}");
+    }
+
+    /// A stop during a batch's flush may keep its record and lose the
+    /// stocks and the epoch written after it (sled recovers a prefix of
+    /// its log): the open writes them again from the record, and a fence
+    /// of a later epoch keeps its own.
+    #[tokio::test]
+    async fn the_open_redoes_the_last_batch_from_its_record() {
+        let (d, c) = catalog().await;
+        let path = d.path().join("db");
+        let format = c.format();
+        let batch = ApplyBatch {
+            leader_id: Some(2),
+            epoch: 3,
+            base: 0,
+            trades: vec![
+                trade("AAPL", TradeKind::Buy, 7),
+                trade("MSFT", TradeKind::Buy, 2),
+                trade("AAPL", TradeKind::Sell, 1),
+            ],
+        };
+        c.apply(&batch).await.unwrap();
+        let after = c.dump().unwrap();
+        assert_eq!((after[0].quantity, after[0].volume), (94, 8));
+        drop(c);
+        let lose = |epoch: bool| {
+            let db = open_when_unlocked(&path);
+            let stocks = db.open_tree("stocks").unwrap();
+            for (name, price, quantity) in [("AAPL", 15.99, 100), ("MSFT", 1.5, 10)] {
+                let before = StockValue {
+                    price,
+                    quantity,
+                    volume: 0,
+                };
+                let key = name.as_bytes();
+                stocks.insert(key, format.encode(key, &before)).unwrap();
+            }
+            if epoch {
+                let meta = db.open_tree("meta").unwrap();
+                meta.remove(EPOCH_KEY).unwrap();
+                meta.remove(LEADER_KEY).unwrap();
+            }
+            db.flush().unwrap();
+        };
+        lose(true);
+        let c = reopen(&path).unwrap();
+        assert_eq!(c.dump().unwrap(), after);
+        assert_eq!(c.position().await, (3, 3));
+        // The leader of epoch 3 is back: another one is refused.
+        assert!(matches!(
+            c.fence(3, Some(1)).await,
+            Err(CatalogError::Conflict(ApplyConflict::StaleEpoch {
+                current: 3
+            }))
+        ));
+        // An open after a whole flush writes nothing.
+        let last = c.applied.last_record().unwrap();
+        assert!(!batch::redo_last(&c.db, &c.stocks, last).unwrap());
+        assert_eq!(c.fence(5, Some(1)).await.unwrap(), 3);
+        drop(c);
+        lose(false);
+        let c = reopen(&path).unwrap();
+        assert_eq!(c.dump().unwrap(), after);
+        assert_eq!(c.position().await, (5, 3));
+        assert_eq!(c.fence(5, Some(1)).await.unwrap(), 3);
     }
 
     /// A database written before checksums opens and trades as before.

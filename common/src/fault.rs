@@ -24,6 +24,11 @@ pub const CATALOG_BEFORE_REPLY: &str = "catalog-before-reply";
 /// up here.
 pub const CATALOG_BEFORE_FLUSH: &str = "catalog-before-flush";
 
+/// After the catalog made a batch's record durable, before it writes the
+/// stocks: what a stop during its flush leaves when the record reached the
+/// disk and the writes after it did not.
+pub const CATALOG_AFTER_RECORD: &str = "catalog-after-record";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     Abort,
@@ -48,9 +53,16 @@ fn armed() -> Option<&'static (String, Action)> {
         .as_ref()
 }
 
+static FIRED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process was started with `point` armed and it has not
+/// acted yet: for a point that first sets up what its fault leaves.
+pub fn armed_at(point: &str) -> bool {
+    armed().is_some_and(|(armed, _)| armed == point) && !FIRED.load(Ordering::SeqCst)
+}
+
 /// Acts if this process was started with `point` armed (once).
 pub fn point(point: &str) {
-    static FIRED: AtomicBool = AtomicBool::new(false);
     let Some((armed, action)) = armed() else {
         return;
     };

@@ -1,5 +1,5 @@
 //! The catalog's record of applied orders. The newest are in trees of the
-//! catalog's own database, written in the same transaction as the stocks;
+//! catalog's own database, written in the same flush as the stocks;
 //! older ones in closed segments (`common::storage::archive`), so that the
 //! catalog's memory does not grow with the log.
 //!
@@ -175,6 +175,17 @@ impl Applied {
         let parts = self.parts();
         let last = parts.last().expect("one tree at least");
         Ok(storage::next_number(&last.kind.tree, "applied")?.max(last.first))
+    }
+
+    /// The last record of the trees, where it is a batch record (the newest
+    /// batch's last; see `batch::redo_last`).
+    pub fn last_record(&self) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        for part in self.parts().iter().rev() {
+            if let Some(kv) = part.kind.tree.last()? {
+                return Ok(part.kind.batched.then_some(kv));
+            }
+        }
+        Ok(None)
     }
 
     /// Applied orders `from..below`, at most `limit` (capped at
