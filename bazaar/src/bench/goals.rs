@@ -241,7 +241,7 @@ pub(super) async fn floor(
         let probe = probe.clone();
         move || -> anyhow::Result<_> {
             let mut replica = flush_times(&probe.join("replica"), 1, FLOOR_FLUSHES)?;
-            let mut catalog = flush_times(&probe.join("catalog"), 3, FLOOR_FLUSHES)?;
+            let mut catalog = flush_times(&probe.join("catalog"), 2, FLOOR_FLUSHES)?;
             Ok((p50_us(&mut replica), p50_us(&mut catalog)))
         }
     })

@@ -15,10 +15,11 @@ use super::{StoreError, encode_key, open_db};
 pub const TRADE_RECORD_BYTES: usize = 96;
 
 /// Times `count` flushes, each after inserting one record of
-/// [`TRADE_RECORD_BYTES`] into each of `trees` trees (a replica writes one:
-/// the batch record, which carries the key; the catalog three: the stock,
-/// the applied order, the sequence). Blocks; the database at `dir` is created for this and
-/// removed by the caller.
+/// [`TRADE_RECORD_BYTES`] into each of `trees` trees (a replica's single
+/// trade writes one: the batch record, which carries the key; the
+/// catalog's two: the batch record and the stock, its epoch and leader
+/// being written only when they change). Blocks; the database at `dir` is
+/// created for this and removed by the caller.
 pub fn flush_times(dir: &Path, trees: usize, count: usize) -> Result<Vec<Duration>, StoreError> {
     let db = open_db(dir, "bazaar bench")?;
     let trees: Vec<sled::Tree> = (0..trees.max(1))
