@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 mod support;
-use support::{highest, start};
+use support::{dump, highest, start};
 
 /// Trades in the batch (the most the catalog takes).
 const BATCH: u64 = 4096;
@@ -109,14 +109,7 @@ async fn a_batch_whose_caller_hangs_up_is_applied_whole_or_not_at_all() {
     let applied = highest(&http, &base, &mut catalog, &log)
         .await
         .map_or(0, |h| h + 1);
-    let dump: Vec<Value> = http
-        .get(format!("{base}/dump"))
-        .send()
-        .await
-        .expect("dump")
-        .json()
-        .await
-        .expect("dump JSON");
+    let dump = dump(&http, &base).await;
     catalog.kill().expect("kill -9");
     catalog.wait().expect("reaped");
     let volume = dump[0]["volume"].as_u64().expect("GOOG's volume");

@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod support;
-use support::{highest, start};
+use support::{dump, highest, start};
 
 #[tokio::test]
 async fn the_stocks_of_a_batch_cut_off_after_its_record_are_written_at_open() {
@@ -59,14 +59,7 @@ async fn the_stocks_of_a_batch_cut_off_after_its_record_are_written_at_open() {
 
     let mut catalog = start(&config, &log, None);
     let highest = highest(&http, &base, &mut catalog, &log).await;
-    let dump: Vec<Value> = http
-        .get(format!("{base}/dump"))
-        .send()
-        .await
-        .expect("dump")
-        .json()
-        .await
-        .expect("dump JSON");
+    let dump = dump(&http, &base).await;
     let fence = http
         .post(format!("{base}/fence"))
         .json(&json!({"epoch": 2, "leader_id": 3}))

@@ -81,3 +81,14 @@ pub async fn highest(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The catalog's `GET /dump`: one object per stock.
+pub async fn dump(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    http.get(format!("{base}/dump"))
+        .send()
+        .await
+        .expect("dump")
+        .json()
+        .await
+        .expect("dump JSON")
+}
